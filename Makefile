@@ -1,0 +1,59 @@
+# The two commands a new user runs: `make run` and `make test`. Every install step lives here.
+PYTHON ?= python3.11
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# Re-install whenever pyproject.toml changes (the stamp's name carries its hash).
+STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+CONFIG ?= configs/default.yaml
+OUT    ?= runs/train
+CKPT   ?= models/default
+METHOD ?= simclr
+SEEDS  ?= 0,1,2
+
+.DEFAULT_GOAL := help
+.PHONY: help setup run test lint format train train-default evaluate compare bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,dev]"
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install everything (idempotent)
+
+run: setup ## evaluate the committed default model on mnist5k and print its per-depth table
+	$(BIN)/python -m training evaluate $(CKPT) --output artifacts/default-eval
+
+test: setup ## install, then run the whole test suite
+	$(BIN)/python -m pytest
+
+lint: setup ## ruff lint + format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+train: setup ## train CONFIG into OUT (make train CONFIG=configs/tiny.yaml OUT=runs/tiny)
+	$(BIN)/python -m training train --config $(CONFIG) --out $(OUT)
+
+train-default: setup ## reproduce models/default (about an hour on 2 CPU cores)
+	$(BIN)/python -m training train --config configs/default.yaml --set train.threads=1 --out runs/default
+	$(BIN)/python -m training slim runs/default models/default
+
+evaluate: setup ## per-depth k-NN and linear top-1 of CKPT
+	$(BIN)/python -m training evaluate $(CKPT)
+
+compare: setup ## baseline vs SDSSL for METHOD over SEEDS (writes docs/results/)
+	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS)
+
+bench: setup ## benchmarks (prints the ratios the issues name)
+	$(BIN)/python bench/train_step.py
+
+clean: ## remove caches and run outputs (keeps .venv and models/)
+	rm -rf .pytest_cache .ruff_cache artifacts runs

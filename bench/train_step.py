@@ -1,0 +1,79 @@
+"""Training-step cost of self-distillation: images/s of baseline and SDSSL steps, and the ratio.
+
+Runs the default model's config (or --config) on a fixed batch of real mnist5k images, timing
+optimizer steps of baseline and SDSSL interleaved (so both see the same machine noise).
+The last line is the headline: SDSSL/baseline step time of the last method listed (default:
+the config's method; target <= 1.5).
+
+    python bench/train_step.py [--config configs/default.yaml] [--methods simclr,byol,mocov3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from training.augment import eval_transform
+from training.config import load_config
+from training.data import load_splits
+from training.loop import param_groups, seed_everything
+from training.sdssl import SDSSL
+
+
+def step_times(cfg, images: torch.Tensor, distill: bool, repeats: int) -> list[float]:
+    cfg.train.distill = distill
+    seed_everything(0)
+    model = SDSSL(cfg)
+    opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
+    half = images.shape[0] // 2
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        loss, _ = model(images[:half], images[half:], 0.5)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        model.update_teacher(0.996)
+        if i >= 2:  # warm-up steps excluded
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    parser.add_argument("--methods", default=None, help="default: the config's method")
+    parser.add_argument("--repeats", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    methods = (args.methods or cfg.train.method).split(",")
+    batch = cfg.train.batch_size
+    source = load_splits(cfg.data.dataset, cfg.data.test_fraction).train
+    tf = eval_transform(cfg.model.img_size, cfg.data)
+    images = torch.stack([tf(source.image(i)) for i in range(2 * batch)])
+    print(
+        f"model dim {cfg.model.embed_dim} depth {cfg.model.depth} img {cfg.model.img_size} "
+        f"patch {cfg.model.patch_size}; batch {batch} x 2 views; {torch.get_num_threads()} threads"
+    )
+    print("| method | baseline img/s | SDSSL img/s | SDSSL/baseline step time |")
+    print("|---|---:|---:|---:|")
+    ratio = float("nan")
+    for method in methods:
+        cfg.train.method = method
+        base, sd = [], []
+        for _ in range(args.rounds):
+            base += step_times(cfg, images, False, args.repeats)
+            sd += step_times(cfg, images, True, args.repeats)
+        tb, ts = statistics.median(base), statistics.median(sd)
+        ratio = ts / tb
+        print(f"| {method} | {batch / tb:.0f} | {batch / ts:.0f} | {ratio:.2f} |")
+    print(f"SDSSL/baseline step time ({methods[-1]}): {ratio:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

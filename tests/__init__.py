@@ -1,0 +1,1 @@
+"""Tests mirror the packages: tests/training, tests/export, tests/service."""

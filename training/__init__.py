@@ -1,0 +1,1 @@
+"""SDSSL training: model, losses, data, evaluation, checkpoints and CLI."""

@@ -1,0 +1,152 @@
+"""Checkpoint directories (DESIGN.md): model.safetensors, config.json, state.pt, metrics.json.
+
+Every file is written to a temporary name, fsynced and renamed, so a crash never leaves a
+half-written file behind a valid name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+from timm.models.vision_transformer import VisionTransformer
+
+from training.backbone import build_backbone
+from training.config import Config
+from training.errors import CheckpointError, ConfigError
+from training.sdssl import SDSSL
+
+WEIGHTS, CONFIG, STATE, METRICS = "model.safetensors", "config.json", "state.pt", "metrics.json"
+# Metadata key in model.safetensors: "full" (student, heads, teacher) or "backbone" (slim).
+CONTENTS_KEY = "contents"
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then fsync and rename onto ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    atomic_write(path, lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_checkpoint(
+    out_dir: Path,
+    model: SDSSL,
+    optimizer: torch.optim.Optimizer | None = None,
+    state: dict[str, Any] | None = None,
+) -> None:
+    """Write the full model, its config and (for resume) optimizer + loop state."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write(
+        out_dir / WEIGHTS, lambda p: save_file(tensors, str(p), metadata={CONTENTS_KEY: "full"})
+    )
+    atomic_write(out_dir / CONFIG, lambda p: model.cfg.save(p))
+    if optimizer is not None:
+        payload = {"optimizer": optimizer.state_dict(), **(state or {})}
+        atomic_write(out_dir / STATE, lambda p: torch.save(payload, p))
+
+
+def save_slim(src_dir: Path, out_dir: Path, fp16: bool = True) -> None:
+    """Keep only the evaluated backbone (teacher if any), optionally in fp16: for shipping."""
+    backbone, cfg = load_backbone(src_dir)
+    dtype = torch.float16 if fp16 else torch.float32
+    tensors = {f"backbone.{k}": v.to(dtype).contiguous() for k, v in backbone.state_dict().items()}
+    atomic_write(
+        out_dir / WEIGHTS,
+        lambda p: save_file(tensors, str(p), metadata={CONTENTS_KEY: "backbone"}),
+    )
+    atomic_write(out_dir / CONFIG, lambda p: cfg.save(p))
+    if (src_dir / METRICS).is_file():
+        write_json(out_dir / METRICS, json.loads((src_dir / METRICS).read_text()))
+
+
+def load_config(ckpt_dir: Path) -> Config:
+    """The config stored in a checkpoint (rebuilds the model with no other input)."""
+    if not ckpt_dir.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {ckpt_dir}")
+    path = ckpt_dir / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir} is not a checkpoint: {CONFIG} missing")
+    try:
+        return Config.load(path)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: config does not rebuild the model: {exc}") from exc
+
+
+def _read_weights(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
+    path = ckpt_dir / WEIGHTS
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt_dir} is not a checkpoint: {WEIGHTS} missing")
+    try:
+        tensors = load_file(str(path))
+        with safe_open(str(path), framework="pt") as fh:
+            contents = (fh.metadata() or {}).get(CONTENTS_KEY, "full")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
+    return {k: v.float() for k, v in tensors.items()}, contents
+
+
+def load_model(ckpt_dir: Path) -> SDSSL:
+    """The full SDSSL module (student, heads, teacher) from a full checkpoint."""
+    cfg = load_config(ckpt_dir)
+    tensors, contents = _read_weights(ckpt_dir)
+    if contents != "full":
+        raise CheckpointError(f"{ckpt_dir} is a slim (backbone-only) checkpoint; cannot resume")
+    model = SDSSL(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt_dir}: weights do not match its config: {exc}") from exc
+    return model
+
+
+def load_backbone(ckpt_dir: Path) -> tuple[VisionTransformer, Config]:
+    """The evaluated backbone (teacher where there is one) from a full or slim checkpoint."""
+    cfg = load_config(ckpt_dir)
+    tensors, _ = _read_weights(ckpt_dir)
+    prefix = "teacher.backbone." if any(k.startswith("teacher.") for k in tensors) else "backbone."
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+    backbone = build_backbone(cfg.model)
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt_dir}: weights do not match its config: {exc}") from exc
+    return backbone.eval(), cfg
+
+
+def load_state(ckpt_dir: Path) -> dict[str, Any]:
+    """Optimizer and loop state for ``--resume``."""
+    path = ckpt_dir / STATE
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume from {ckpt_dir}: {STATE} missing")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"{path} is corrupt: {exc}") from exc
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file (checkpoint identity for export manifests)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,193 @@
+"""The experiment that justifies the product: baseline vs SDSSL, same seeds, model and budget.
+
+Each (variant, seed) run is a checkpoint under ``runs/``; a finished run is reused and an
+unfinished one resumed, so a comparison can span several sessions. Scores are k-NN and linear
+top-1 per exit depth under stratified 5-fold cross-validation over every labelled image.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training.checkpoint import STATE, load_backbone, load_state, write_json
+from training.config import Config
+from training.data import load_splits
+from training.evaluate import cross_validated, embed_source, plot_metrics, raw_pixels
+from training.loop import seed_everything, train
+from training.sdssl import SDSSL
+
+log = logging.getLogger(__name__)
+VARIANTS = ("baseline", "sdssl")
+
+
+def _variant_config(cfg: Config, variant: str, seed: int) -> Config:
+    c = copy.deepcopy(cfg)
+    c.train.seed = seed
+    c.train.distill = variant == "sdssl"
+    c.data.split = "all"  # self-supervised: labels are only used by the cross-validated scorer
+    return c
+
+
+def _finished(run_dir: Path) -> bool:
+    if not (run_dir / STATE).is_file():
+        return False
+    state = load_state(run_dir)
+    return int(state["step"]) >= int(state["total_steps"])
+
+
+def _train_or_resume(cfg: Config, run_dir: Path) -> float:
+    """Train (or finish) one run; returns its training wall time in seconds."""
+    if not _finished(run_dir):
+        resume = run_dir if (run_dir / STATE).is_file() else None
+        train(cfg, run_dir, resume=resume)
+    return float(load_state(run_dir).get("wall_s", 0.0))
+
+
+def _score(backbone: torch.nn.Module, cfg: Config) -> dict[str, Any]:
+    splits = load_splits(cfg.data.dataset, cfg.data.test_fraction)
+    depths = list(range(1, cfg.model.depth + 1))
+    feats, labels = embed_source(backbone, splits.all, cfg, depths, "embed all")
+    knn, lin = cross_validated(feats, labels, cfg)
+    return {"exit_depths": depths, "knn_top1": knn, "linear_top1": lin}
+
+
+def _mean_std(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    arr = np.array([r[key] for r in runs])
+    return arr.mean(0), arr.std(0)
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def run_comparison(cfg: Config, seeds: list[int], runs_dir: Path, results_dir: Path) -> Path:
+    """Train and score every (variant, seed); write the markdown + JSON report; return the md."""
+    method, dataset = cfg.train.method, cfg.data.dataset
+    started = time.time()
+    scores: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
+    train_wall = 0.0
+    stem = f"{dataset.replace(':', '_').replace('/', '_')}-{method}"
+    # Per-run scores are kept beside the report (small, committed), so a comparison that spans
+    # sessions never retrains a run it has already scored.
+    cache_dir = results_dir / "runs" / stem
+    for seed in seeds:
+        for variant in VARIANTS:
+            c = _variant_config(cfg, variant, seed)
+            cached = cache_dir / f"{variant}-s{seed}.json"
+            if cached.is_file():
+                result = json.loads(cached.read_text())
+                if result.get("config") == c.to_dict():
+                    scores[variant].append(result)
+                    train_wall += result.get("train_wall_s", 0.0)
+                    continue
+            run_dir = runs_dir / f"{stem}-{variant}-s{seed}"
+            wall = _train_or_resume(c, run_dir)
+            train_wall += wall
+            backbone, _ = load_backbone(run_dir)
+            result = {**_score(backbone, c), "train_wall_s": round(wall, 1), "config": c.to_dict()}
+            write_json(cached, result)
+            scores[variant].append(result)
+
+    seed_everything(seeds[0])
+    random_init = _score(SDSSL(_variant_config(cfg, "baseline", seeds[0])).eval_backbone, cfg)
+    splits = load_splits(dataset, cfg.data.test_fraction)
+    pixels, labels = raw_pixels(splits.all, cfg)
+    raw_knn, _ = cross_validated(pixels[None], labels, cfg, linear=False)
+
+    depths = list(range(1, cfg.model.depth + 1))
+    agg = {}
+    for variant in VARIANTS:
+        knn_m, _ = _mean_std(scores[variant], "knn_top1")
+        lin_m, _ = _mean_std(scores[variant], "linear_top1")
+        agg[variant] = {
+            "dataset": dataset,
+            "exit_depths": depths,
+            "knn_top1": [round(float(v), 5) for v in knn_m],
+            "linear_top1": [round(float(v), 5) for v in lin_m],
+        }
+    results_dir.mkdir(parents=True, exist_ok=True)
+    report = {
+        "baseline": agg["baseline"],
+        "sdssl": agg["sdssl"],
+        "raw_pixel_knn": round(raw_knn[0], 5),
+        "random_init": {
+            "knn_top1": [round(v, 5) for v in random_init["knn_top1"]],
+            "linear_top1": [round(v, 5) for v in random_init["linear_top1"]],
+        },
+        "seeds": seeds,
+        "per_seed": {
+            v: [{k: r[k] for k in ("knn_top1", "linear_top1")} for r in runs]
+            for v, runs in scores.items()
+        },
+        "config": cfg.to_dict(),
+        "train_wall_s": round(train_wall, 1),
+    }
+    write_json(results_dir / f"{stem}.json", report)
+    plot_metrics(
+        {"baseline": agg["baseline"], "SDSSL": agg["sdssl"]},
+        results_dir / f"{stem}.png",
+        floor=raw_knn[0],
+    )
+    md = results_dir / f"{stem}.md"
+    md.write_text(_markdown(report, scores, depths, time.time() - started))
+    return md
+
+
+def _markdown(
+    report: dict[str, Any], scores: dict[str, list], depths: list[int], wall: float
+) -> str:
+    cfg = report["config"]
+    b_knn, b_knn_s = _mean_std(scores["baseline"], "knn_top1")
+    s_knn, s_knn_s = _mean_std(scores["sdssl"], "knn_top1")
+    b_lin, b_lin_s = _mean_std(scores["baseline"], "linear_top1")
+    s_lin, s_lin_s = _mean_std(scores["sdssl"], "linear_top1")
+    delta = s_knn - b_knn
+    half = max(1, len(depths) // 2)
+    wins = int((delta >= 0).sum())
+    m, t = cfg["model"], cfg["train"]
+    stopped = f" (stopped at {t['max_steps']} steps)" if t["max_steps"] else ""
+    lines = [
+        f"# {cfg['data']['dataset']}: {t['method']} baseline vs SDSSL",
+        "",
+        f"ViT dim {m['embed_dim']}, depth {m['depth']}, heads {m['num_heads']}, patch "
+        f"{m['patch_size']} on {m['img_size']} px; batch {t['batch_size']}, {t['epochs']} epochs"
+        f"{stopped}, lr {t['lr']}, "
+        f"seeds {report['seeds']}. Scores: top-1 under stratified 5-fold cross-validation over "
+        f"all images (k-NN: cosine, k = {cfg['eval']['knn_k']}, T = "
+        f"{cfg['eval']['knn_temperature']}), mean ± std over seeds.",
+        "",
+        f"**SDSSL ≥ baseline (k-NN) at {wins} of {len(depths)} exit depths; mean difference "
+        f"over the first {half} depths: {100 * delta[:half].mean():+.2f} points; over all: "
+        f"{100 * delta.mean():+.2f}.** Raw-pixel k-NN floor: "
+        f"{100 * report['raw_pixel_knn']:.1f} %.",
+        "",
+        "| exit depth | baseline k-NN | SDSSL k-NN | Δ k-NN | baseline linear | SDSSL linear "
+        "| random-init k-NN |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for i, d in enumerate(depths):
+        lines.append(
+            f"| {d} | {_fmt(b_knn[i], b_knn_s[i])} | {_fmt(s_knn[i], s_knn_s[i])} | "
+            f"{100 * delta[i]:+.1f} | {_fmt(b_lin[i], b_lin_s[i])} | {_fmt(s_lin[i], s_lin_s[i])} "
+            f"| {100 * report['random_init']['knn_top1'][i]:.1f} |"
+        )
+    command = "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    lines += [
+        "",
+        f"Command: `{command}`  ",
+        f"Training wall time (all runs): {report['train_wall_s'] / 60:.1f} min; this report's "
+        f"wall time (training not already done + scoring): {wall / 60:.1f} min, on a "
+        f"{torch.get_num_threads()}-thread CPU.",
+        "",
+    ]
+    return "\n".join(lines)

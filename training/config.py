@@ -1,0 +1,289 @@
+"""Typed configuration for the model and its training; the one source of truth.
+
+A :class:`Config` is stored as ``config.json`` in every checkpoint, so a checkpoint rebuilds its
+model with no other input. Config files (YAML or JSON) and ``--set section.key=value`` overrides
+map onto these fields; an unknown key is an error, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from training.errors import ConfigError
+
+METHODS = ("simclr", "byol", "mocov3")
+
+
+@dataclass
+class ModelConfig:
+    """The ViT backbone (timm ``VisionTransformer``) and the MoCo v3 recipe switches."""
+
+    img_size: int = 28
+    patch_size: int = 7
+    in_chans: int = 3
+    embed_dim: int = 128
+    depth: int = 12
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    # MoCo v3 recipe switches (seed values are the defaults).
+    pos_embed: str = "sincos"  # "sincos" (fixed 2-D sin-cos) or "learn"
+    freeze_patch_embed: bool = True  # frozen random patch projection
+    drop_path_rate: float = 0.0
+    weight_init: str = "moco"  # "moco" or timm's default ""
+
+
+@dataclass
+class HeadsConfig:
+    """Projector / predictor MLPs (training only; never exported)."""
+
+    proj_hidden_dim: int = 1024  # hidden width of the final layer's projector (4096 at ViT-B)
+    mid_proj_hidden_dim: int = 512  # hidden width of the intermediate projectors (2048 at ViT-B)
+    pred_hidden_dim: int = 1024  # predictor hidden width
+    out_dim: int = 256
+
+
+@dataclass
+class DataConfig:
+    """Dataset, split, augmentation and normalisation."""
+
+    dataset: str = "mnist5k"  # mnist5k | folder:PATH | mnist:ROOT | cifar10:ROOT
+    split: str = "train"  # which split trains: "train" or "all" (labels are never used)
+    test_fraction: float = 0.2  # held-out share for evaluation (stratified, fixed seed)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    eval_crop_ratio: float = 1.0  # evaluation resizes the shorter side to img_size / ratio
+    interpolation: str = "bilinear"
+    crop_min_scale: float = 0.08  # RandomResizedCrop lower scale bound (MoCo v3: 0.08)
+    hflip: float = 0.5  # horizontal-flip probability
+    color_jitter: float = 0.8  # probability of colour jitter (0.4, 0.4, 0.2, 0.1)
+    grayscale: float = 0.2
+    num_workers: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Method, self-distillation and optimisation."""
+
+    method: str = "simclr"  # simclr | byol | mocov3
+    distill: bool = True  # SDSSL self-distillation on; False is the baseline
+    distill_ratio: float | None = None  # r in lambda(t); None -> method default (1.0 / 0.8)
+    distill_ramp: float = 1.0  # share of training over which lambda ramps 0 -> r (paper: 1.0)
+    predictor_term: bool = True  # SDSSL's stop-gradient predictor term (MoCo v3 / BYOL)
+    temperature: float = 0.2
+    momentum: float = 0.996  # teacher EMA start; cosine to 1
+    batch_size: int = 128  # global batch (split across ranks)
+    epochs: int = 100
+    max_steps: int | None = None  # stop after this many steps (the schedules still span epochs)
+    lr: float = 1e-3
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    warmup_fraction: float = 0.05
+    bf16: bool = False
+    seed: int = 0
+    threads: int | None = None  # torch intra-op threads; None = torch's default
+    log_every: int = 10
+
+
+@dataclass
+class EvalConfig:
+    """Per-depth evaluation protocol (DINO weighted k-NN and a linear probe)."""
+
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    linear_max_iter: int = 100  # L-BFGS iterations of the logistic-regression probe
+    linear_weight_decay: float = 1e-4
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    """Everything needed to rebuild, train and evaluate a model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Config:
+        cfg = cls()
+        apply_mapping(cfg, raw)
+        validate(cfg)
+        return cfg
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Config:
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        return cls.from_dict(raw)
+
+
+def _coerce(value: Any, current: Any, name: str) -> Any:
+    """Convert a parsed value to the type of the field's current value."""
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            low = value.lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}: expected a boolean, got {value!r}")
+    if isinstance(current, tuple):
+        items = value.split(",") if isinstance(value, str) else list(value)
+        try:
+            return tuple(float(v) for v in items)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{name}: expected numbers, got {value!r}") from exc
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        return None
+    try:
+        if isinstance(current, int):
+            return int(value)
+        if isinstance(current, float):
+            return float(value)
+    except (TypeError, ValueError) as exc:
+        kind = type(current).__name__
+        raise ConfigError(f"{name}: expected {kind}, got {value!r}") from exc
+    if current is None and isinstance(value, str):
+        # Optional numeric fields default to None: parse what the user wrote.
+        for conv in (int, float):
+            try:
+                return conv(value)
+            except ValueError:
+                pass
+    return value
+
+
+def set_value(cfg: Config, dotted: str, value: Any) -> None:
+    """Set ``section.key`` on ``cfg``; unknown sections or keys are a ConfigError."""
+    section_name, _, key = dotted.partition(".")
+    if not key:
+        raise ConfigError(f"override {dotted!r} must be section.key (e.g. train.lr)")
+    section = getattr(cfg, section_name, None)
+    if section is None or not dataclasses.is_dataclass(section):
+        sections = ", ".join(f.name for f in dataclasses.fields(cfg))
+        raise ConfigError(f"unknown config section {section_name!r} (known: {sections})")
+    names = {f.name for f in dataclasses.fields(section)}
+    if key not in names:
+        raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(sorted(names))})")
+    setattr(section, key, _coerce(value, getattr(section, key), dotted))
+
+
+def apply_mapping(cfg: Config, raw: dict[str, Any]) -> None:
+    """Apply a nested mapping (from JSON/YAML) onto ``cfg``."""
+    if not isinstance(raw, dict):
+        raise ConfigError("config must be a mapping of sections")
+    for section_name, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section_name!r} must be a mapping")
+        for key, value in values.items():
+            set_value(cfg, f"{section_name}.{key}", value)
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> None:
+    """Apply ``section.key=value`` strings (the CLI's ``--set``)."""
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r} must look like section.key=value")
+        set_value(cfg, dotted.strip(), value.strip())
+
+
+def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then a YAML/JSON file, then ``--set`` overrides; validated."""
+    cfg = Config()
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                raw = yaml.safe_load(text) or {}
+            else:
+                raw = json.loads(text)
+        except Exception as exc:
+            raise ConfigError(f"cannot parse config {path}: {exc}") from exc
+        apply_mapping(cfg, raw)
+    apply_overrides(cfg, overrides or [])
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Fail fast with a one-line reason on values that cannot work."""
+    m, t, d = cfg.model, cfg.train, cfg.data
+    if t.method not in METHODS:
+        raise ConfigError(f"unknown method {t.method!r} (choose from {', '.join(METHODS)})")
+    if m.depth < 1:
+        raise ConfigError(f"model.depth must be >= 1, got {m.depth}")
+    if m.img_size % m.patch_size:
+        raise ConfigError(
+            f"model.img_size {m.img_size} is not a multiple of model.patch_size {m.patch_size}"
+        )
+    if m.embed_dim % m.num_heads:
+        raise ConfigError(f"model.embed_dim {m.embed_dim} is not divisible by num_heads")
+    if m.pos_embed not in ("sincos", "learn"):
+        raise ConfigError(f"model.pos_embed must be 'sincos' or 'learn', got {m.pos_embed!r}")
+    if m.pos_embed == "sincos" and m.embed_dim % 4:
+        raise ConfigError("model.embed_dim must be a multiple of 4 for sin-cos position embedding")
+    if m.weight_init not in ("moco", ""):
+        raise ConfigError(f"model.weight_init must be 'moco' or '', got {m.weight_init!r}")
+    if t.batch_size < 2:
+        raise ConfigError("train.batch_size must be >= 2 (contrastive losses need negatives)")
+    if t.epochs < 1:
+        raise ConfigError("train.epochs must be >= 1")
+    if not 0.0 < t.distill_ramp <= 1.0:
+        raise ConfigError("train.distill_ramp must lie in (0, 1]")
+    if not 0.0 <= t.momentum <= 1.0:
+        raise ConfigError("train.momentum must lie in [0, 1]")
+    if d.split not in ("train", "all"):
+        raise ConfigError(f"data.split must be 'train' or 'all', got {d.split!r}")
+    if not 0.0 < d.test_fraction < 1.0:
+        raise ConfigError("data.test_fraction must lie in (0, 1)")
+    if len(d.mean) != 3 or len(d.std) != 3:
+        raise ConfigError("data.mean and data.std need three values (RGB)")
+    if d.interpolation not in ("bilinear", "bicubic", "nearest"):
+        raise ConfigError(f"data.interpolation {d.interpolation!r} not supported")
+    if cfg.eval.knn_k < 1:
+        raise ConfigError("eval.knn_k must be >= 1")
+
+
+# Fields that may change when a run is resumed: they do not change what is being trained.
+RUNTIME_KEYS = frozenset(
+    {"train.max_steps", "train.threads", "train.log_every", "data.num_workers"}
+)
+
+
+def changed_keys(a: Config, b: Config) -> list[str]:
+    """Dotted names of fields whose values differ between two configs."""
+    da, db = a.to_dict(), b.to_dict()
+    return [
+        f"{section}.{key}"
+        for section in da
+        for key in da[section]
+        if da[section][key] != db[section][key]
+    ]
+
+
+def distill_ratio(cfg: TrainConfig) -> float:
+    """The r of lambda(t): the configured value, else the paper's per-method default."""
+    if cfg.distill_ratio is not None:
+        return cfg.distill_ratio
+    return 1.0 if cfg.method == "mocov3" else 0.8
