@@ -8,11 +8,12 @@ STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 CONFIG ?= configs/default.yaml
 OUT    ?= runs/train
 CKPT   ?= models/default
+BUNDLE ?= artifacts/bundles/$(notdir $(CKPT))
 METHOD ?= simclr
 SEEDS  ?= 0,1,2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint format train train-default evaluate compare bench clean
+.PHONY: help setup run test lint format train train-default evaluate export verify profile compare bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -48,6 +49,16 @@ train-default: setup ## reproduce models/default (about an hour on 2 CPU cores)
 
 evaluate: setup ## per-depth k-NN and linear top-1 of CKPT
 	$(BIN)/python -m training evaluate $(CKPT)
+
+export: setup ## export CKPT (default models/default) to BUNDLE, replacing it, then verify
+	$(BIN)/python -m export $(CKPT) $(BUNDLE) --force
+	$(BIN)/python -m export verify $(BUNDLE)
+
+verify: setup ## verify BUNDLE (hashes, manifest, exits agree with all_exits)
+	$(BIN)/python -m export verify $(BUNDLE)
+
+profile: setup ## onnxruntime latency per exit depth of BUNDLE at batch 1, 8, 32
+	$(BIN)/python -m export profile $(BUNDLE) --plot artifacts/profile-$(notdir $(BUNDLE)).png
 
 compare: setup ## baseline vs SDSSL for METHOD over SEEDS (writes docs/results/)
 	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS)

@@ -22,15 +22,21 @@ def eval_resize(img_size: int, cfg: DataConfig) -> int:
     return round(img_size / cfg.eval_crop_ratio)
 
 
-def eval_transform(img_size: int, cfg: DataConfig) -> T.Compose:
-    """Resize the shorter side, centre-crop to ``img_size``, normalise: what evaluation sees."""
+def eval_geometry(img_size: int, cfg: DataConfig) -> T.Compose:
+    """Resize the shorter side, centre-crop to ``img_size`` (PIL in, PIL out): the part of
+    evaluation's transform that a bundle's client performs."""
     return T.Compose(
         [
             T.Resize(eval_resize(img_size, cfg), interpolation=INTERPOLATION[cfg.interpolation]),
             T.CenterCrop(img_size),
-            T.ToTensor(),
-            T.Normalize(cfg.mean, cfg.std),
         ]
+    )
+
+
+def eval_transform(img_size: int, cfg: DataConfig) -> T.Compose:
+    """Geometry, then ÷255 and mean/std normalisation: what evaluation sees."""
+    return T.Compose(
+        [*eval_geometry(img_size, cfg).transforms, T.ToTensor(), T.Normalize(cfg.mean, cfg.std)]
     )
 
 

@@ -6,7 +6,6 @@ half-written file behind a valid name.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -141,12 +140,3 @@ def load_state(ckpt_dir: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from exc
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file (checkpoint identity for export manifests)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from training import distributed
 from training.augment import TwoViews, two_view_transforms
-from training.checkpoint import load_model, load_state, save_checkpoint
+from training.checkpoint import METRICS, load_model, load_state, save_checkpoint
 from training.config import RUNTIME_KEYS, Config, changed_keys, distill_ratio
 from training.data import load_splits
 from training.errors import ConfigError
@@ -137,6 +137,8 @@ def train(cfg: Config, out_dir: Path, resume: Path | None = None) -> Path:
     )
     stop = min(total, cfg.train.max_steps) if cfg.train.max_steps else total
     out_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        (out_dir / METRICS).unlink(missing_ok=True)  # scores of an earlier run would be stale
     bar = tqdm(
         total=stop,
         initial=step,

@@ -1,0 +1,136 @@
+"""The bundle's ``manifest.json``: pydantic models shared by export/ (writer) and service/ (reader).
+
+This module imports no torch, so the service can depend on it alone. A bundle's identity is the
+sha256 of its manifest file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"  # sha256 of manifest.json, written last: edits are caught
+INPUT_NAME = "images"  # uint8 [N, S, S, 3] RGB
+EXIT_OUTPUT = "embedding"  # float32 [N, D], L2-normalised
+ALL_EXITS_OUTPUT = "embeddings"  # float32 [L, N, D]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelInfo(_Strict):
+    """The backbone the graphs were cut from."""
+
+    arch: str = "vit"
+    img_size: int = Field(gt=0)
+    patch_size: int = Field(gt=0)
+    dim: int = Field(gt=0)
+    depth: int = Field(gt=0, description="L: the number of blocks (the deepest exit depth)")
+    num_heads: int = Field(gt=0)
+    parameters: int = Field(ge=0, description="backbone parameters")
+
+
+class Preprocess(_Strict):
+    """What the client-side of the graph must do: decode, resize the shorter side, centre-crop.
+    Normalisation (÷255, mean/std, NHWC→NCHW) happens inside every graph; mean/std are
+    informative."""
+
+    resize: int = Field(gt=0, description="shorter side after resizing, before the crop")
+    crop: int = Field(gt=0, description="S: the square input side")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class ExitEntry(_Strict):
+    exit_depth: int = Field(gt=0)
+    file: str
+    dim: int = Field(gt=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    knn_top1: float | None = Field(default=None, ge=0.0, le=1.0)
+    linear_top1: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class AllExitsEntry(_Strict):
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Manifest(_Strict):
+    """Everything the service needs to know about a bundle."""
+
+    format_version: Literal[1] = FORMAT_VERSION
+    model: ModelInfo
+    preprocess: Preprocess
+    exits: list[ExitEntry] = Field(min_length=1)
+    all_exits: AllExitsEntry
+    checkpoint_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    method: str
+    distill: bool
+    precision: Literal["fp32", "fp16"] = "fp32"
+    opset: int
+    created_at: datetime
+
+    @field_validator("exits")
+    @classmethod
+    def _sorted_unique(cls, exits: list[ExitEntry]) -> list[ExitEntry]:
+        depths = [e.exit_depth for e in exits]
+        if depths != sorted(set(depths)):
+            raise ValueError("exits must be sorted by exit_depth without repeats")
+        return exits
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        for e in self.exits:
+            if e.exit_depth > self.model.depth:
+                raise ValueError(
+                    f"exit_depth {e.exit_depth} exceeds model depth {self.model.depth}"
+                )
+            if e.dim != self.model.dim:
+                raise ValueError(f"exit {e.exit_depth} dim {e.dim} != model dim {self.model.dim}")
+        if self.preprocess.crop != self.model.img_size:
+            raise ValueError("preprocess.crop must equal model.img_size")
+        return self
+
+    @property
+    def exit_depths(self) -> list[int]:
+        return [e.exit_depth for e in self.exits]
+
+    def exit(self, exit_depth: int) -> ExitEntry:
+        for e in self.exits:
+            if e.exit_depth == exit_depth:
+                return e
+        raise KeyError(exit_depth)
+
+    @classmethod
+    def read(cls, bundle: Path) -> Manifest:
+        return cls.model_validate_json((bundle / MANIFEST).read_bytes())
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2) + "\n"
+
+
+def exit_file_name(exit_depth: int) -> str:
+    """``exit_01.onnx`` … ``exit_12.onnx`` (two digits; three past 99)."""
+    return f"exit_{exit_depth:02d}.onnx"
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def bundle_id(bundle: Path) -> str:
+    """A bundle's identity: the sha256 of its manifest file."""
+    return file_sha256(bundle / MANIFEST)
