@@ -134,3 +134,36 @@ def file_sha256(path: Path) -> str:
 def bundle_id(bundle: Path) -> str:
     """A bundle's identity: the sha256 of its manifest file."""
     return file_sha256(bundle / MANIFEST)
+
+
+class BundleIntegrityError(ValueError):
+    """A bundle that is missing, incomplete, or changed since export (one-line reason)."""
+
+
+def load_verified(bundle: Path) -> Manifest:
+    """The manifest of an intact bundle: digest sidecar and every graph's sha256 checked."""
+    if not bundle.is_dir():
+        raise BundleIntegrityError(f"bundle not found: {bundle}")
+    path = bundle / MANIFEST
+    if not path.is_file():
+        raise BundleIntegrityError(f"{bundle} is not a bundle: {MANIFEST} missing")
+    digest = bundle / MANIFEST_DIGEST
+    if not digest.is_file():
+        raise BundleIntegrityError(f"{bundle}: {MANIFEST_DIGEST} missing")
+    if digest.read_text().strip() != file_sha256(path):
+        raise BundleIntegrityError(
+            f"{bundle}: {MANIFEST} was modified after export (sha256 mismatch)"
+        )
+    try:
+        manifest = Manifest.model_validate_json(path.read_bytes())
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise BundleIntegrityError(f"{path}: invalid manifest: {exc}".splitlines()[0]) from exc
+    entries = [(e.file, e.sha256) for e in manifest.exits]
+    entries.append((manifest.all_exits.file, manifest.all_exits.sha256))
+    for name, expected in entries:
+        graph = bundle / name
+        if not graph.is_file():
+            raise BundleIntegrityError(f"{bundle}: graph {name} missing")
+        if file_sha256(graph) != expected:
+            raise BundleIntegrityError(f"{bundle}: {name} sha256 mismatch (corrupt or replaced)")
+    return manifest

@@ -1,0 +1,78 @@
+"""``create_app``: the FastAPI application, its routers, and the lifespan that loads the model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.errors import install_handlers
+from service.metrics import Metrics
+from service.middleware import IntakeMiddleware
+from service.routes import admin, embeddings, health, items, model, search
+from service.runtime import RuntimeHolder, load_runtime
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """Early-exit image embeddings from an SDSSL-trained ViT.
+
+Every transformer block of the model yields a usable embedding, so the server can stop after
+*exit depth* d blocks. Ask for a depth (`exit_depth`) or say how long you may wait
+(`budget_ms`): the server runs the deepest exit predicted to fit, and every response reports
+`exit_depth`, `predicted_ms`, `elapsed_ms` and `budget_met`. `GET /v1/model` shows the live
+latency table and the accuracy of each depth, to help pick a budget.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async def load() -> None:
+            try:
+                app.state.holder.current = await load_runtime(
+                    settings, settings.bundle, app.state.metrics
+                )
+                log.info("ready: serving %s", settings.bundle)
+            except Exception as exc:
+                app.state.load_error = str(exc)
+                log.error("cannot load bundle %s: %s", settings.bundle, exc)
+
+        loader = asyncio.get_running_loop().create_task(load())
+        yield
+        loader.cancel()
+        for task in list(app.state.background):
+            await task
+        runtime = app.state.holder.current
+        if runtime is not None:
+            await runtime.close()
+
+    app = FastAPI(
+        title="SDSSL early-exit embedding service",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    app.state.holder = RuntimeHolder()
+    app.state.load_error = None
+    app.state.background = set()
+    install_handlers(app)
+    for router in (embeddings, search, items, model, admin, health):
+        app.include_router(router.router)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],
+            allow_headers=["*"],
+        )  # fmt: skip
+    app.add_middleware(
+        IntakeMiddleware, max_body_bytes=settings.max_body_bytes, metrics=app.state.metrics
+    )
+    return app

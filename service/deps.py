@@ -1,0 +1,60 @@
+"""Typed dependencies: settings, metrics, the current runtime, the API-key check."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.errors import APIError
+from service.metrics import Metrics
+from service.runtime import Runtime, RuntimeHolder
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics
+
+
+def get_holder(request: Request) -> RuntimeHolder:
+    return request.app.state.holder
+
+
+async def get_runtime(request: Request) -> AsyncIterator[Runtime]:
+    """The runtime serving now, pinned (kept open) for the whole request."""
+    runtime = request.app.state.holder.current
+    if runtime is None:
+        raise APIError(503, "not_ready", "the model is still loading", {"Retry-After": "5"})
+    runtime.active += 1
+    try:
+        yield runtime
+    finally:
+        runtime.active -= 1
+
+
+def require_api_key(request: Request) -> None:
+    """When ``SDSSL_API_KEY`` is set: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("x-api-key")
+    auth = request.headers.get("authorization", "")
+    if given is None and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    if not given:
+        raise APIError(401, "unauthorized", "API key required", {"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+        raise APIError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": "Bearer"})
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+HolderDep = Annotated[RuntimeHolder, Depends(get_holder)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+AuthDep = Annotated[None, Depends(require_api_key)]

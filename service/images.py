@@ -1,0 +1,92 @@
+"""Image intake, in one place: bytes → checked, decoded, oriented RGB → resized + centre-cropped
+uint8 ``[S, S, 3]``. The resize/crop equals torchvision's ``Resize(int)`` + ``CenterCrop`` that
+evaluation uses (a test proves it)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from service.errors import APIError
+
+ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "GIF"})
+RESAMPLE = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "nearest": Image.Resampling.NEAREST,
+}
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an allowed format into an upright RGB image; APIError (4xx) on anything else."""
+    if not data:
+        raise APIError(400, "empty_image", "image is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format
+            if fmt not in ALLOWED_FORMATS:
+                allowed = ", ".join(sorted(ALLOWED_FORMATS))
+                raise APIError(
+                    415, "unsupported_format", f"{fmt} images are not accepted ({allowed})"
+                )
+            w, h = img.size
+            if w < 1 or h < 1 or w * h > max_pixels:
+                raise APIError(
+                    413, "image_too_large", f"image is {w}x{h} pixels; the limit is {max_pixels}"
+                )
+            img.seek(0)  # GIF/WebP: first frame
+            img.load()
+    except APIError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise APIError(413, "image_too_large", f"decompression bomb refused: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise APIError(400, "not_an_image", "bytes are not a recognised image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise APIError(400, "corrupt_image", f"cannot decode image: {exc}") from exc
+    with contextlib.suppress(Exception):  # a malformed EXIF block must not reject the image
+        img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grey, palette, RGBA, CMYK and 16-bit images → 8-bit RGB."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def resize_center_crop(
+    img: Image.Image, resize: int, crop: int, interpolation: str, max_pixels: int
+) -> np.ndarray:
+    """Shorter side → ``resize`` (torchvision's rule), centre crop ``crop``: uint8 [S, S, 3]."""
+    w, h = img.size
+    short, long = (w, h) if w <= h else (h, w)
+    new_short, new_long = resize, int(resize * long / short)
+    new_w, new_h = (new_short, new_long) if w <= h else (new_long, new_short)
+    if new_w * new_h > max_pixels:
+        raise APIError(
+            413,
+            "image_too_large",
+            f"a {w}x{h} image resizes to {new_w}x{new_h}: aspect too extreme",
+        )
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), RESAMPLE[interpolation])
+    top = round((new_h - crop) / 2.0)
+    left = round((new_w - crop) / 2.0)
+    return np.asarray(img.crop((left, top, left + crop, top + crop)), dtype=np.uint8)
+
+
+def prepare(data: bytes, resize: int, crop: int, interpolation: str, max_pixels: int) -> np.ndarray:
+    """Bytes of one image → the graphs' uint8 input row ``[S, S, 3]``."""
+    return resize_center_crop(decode(data, max_pixels), resize, crop, interpolation, max_pixels)

@@ -1,0 +1,41 @@
+"""Prometheus metrics, one registry per app (so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("sdssl_requests", "HTTP requests", ["route", "status"], registry=r)
+        self.latency = Histogram(
+            "sdssl_request_seconds",
+            "Server-side request latency",
+            ["route", "exit_depth"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "sdssl_batch_size", "Images per executed batch", ["exit_depth"],
+            buckets=BATCH_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.batch_seconds = Histogram(
+            "sdssl_batch_seconds", "Compute time per batch", ["exit_depth"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge("sdssl_queue_images", "Images waiting to run", registry=r)
+        self.budget = Counter(
+            "sdssl_budget_requests", "Budgeted requests by outcome", ["outcome"], registry=r
+        )
+        self.items = Gauge(
+            "sdssl_index_items", "Items per exit depth's index", ["exit_depth"], registry=r
+        )
+        self.overloaded = Counter("sdssl_overloaded", "Requests refused with 503", registry=r)
+        self.reloads = Counter(
+            "sdssl_reloads", "Bundle reloads by outcome", ["outcome"], registry=r
+        )

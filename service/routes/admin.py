@@ -1,0 +1,60 @@
+"""POST /v1/admin/reload: load a new bundle beside the old one and swap atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from fastapi import APIRouter, Request
+
+from service.deps import AuthDep, HolderDep, MetricsDep, SettingsDep
+from service.errors import APIError
+from service.runtime import load_runtime
+from service.schemas import ERRORS, ReloadIn, ReloadOut
+
+router = APIRouter(tags=["admin"])
+log = logging.getLogger(__name__)
+
+
+@router.post(
+    "/v1/admin/reload",
+    response_model=ReloadOut,
+    responses={**ERRORS, 409: ERRORS[422]},
+    summary="Serve another bundle; on any failure the current one keeps serving",
+)
+async def reload(
+    body: ReloadIn,
+    request: Request,
+    _: AuthDep,
+    holder: HolderDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> dict:
+    async with holder.reload_lock:
+        old = holder.current
+        path = Path(body.bundle)
+        shared_index = None
+        try:
+            from export.manifest import bundle_id
+
+            same = old is not None and path.is_dir() and bundle_id(path) == old.bundle_id
+            shared_index = old.index if same else None
+            new = await load_runtime(settings, path, metrics, index=shared_index)
+        except Exception as exc:  # whatever failed, the old bundle keeps serving
+            metrics.reloads.labels("failed").inc()
+            log.warning("reload of %s failed: %s", path, exc)
+            raise APIError(409, "reload_failed", f"{path}: {exc}") from exc
+        holder.current = new
+        metrics.reloads.labels("ok").inc()
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(old.close(keep_index=same))
+            request.app.state.background.add(task)
+            task.add_done_callback(request.app.state.background.discard)
+        log.info("now serving %s (%s)", path, new.bundle_id[:12])
+        return {
+            "model": new.bundle_id,
+            "previous": old.bundle_id if old else None,
+            "exit_depths": new.exit_depths,
+            "items": await asyncio.to_thread(new.index.count),
+        }

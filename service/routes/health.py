@@ -1,0 +1,34 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service.deps import HolderDep, MetricsDep
+from service.errors import error_body
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/livez", summary="The process is up")
+async def livez() -> dict:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Bundle loaded, every depth warmed, indexes loaded (else 503)")
+async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
+    runtime = holder.current
+    if runtime is None:
+        error = request.app.state.load_error
+        message = f"failed to load: {error}" if error else "loading"
+        return JSONResponse(error_body("not_ready", message), 503, headers={"Retry-After": "5"})
+    return JSONResponse({"status": "ready", "model": runtime.bundle_id})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(holder: HolderDep, m: MetricsDep) -> Response:
+    if holder.current is not None:
+        m.queue_depth.set(holder.current.batcher.queued_images)
+    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

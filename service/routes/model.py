@@ -1,0 +1,39 @@
+"""GET /v1/model: the manifest, the live latency table and the accuracy-vs-latency curve."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter
+
+from service.deps import RuntimeDep
+from service.schemas import ModelOut
+
+router = APIRouter(tags=["model"])
+
+
+@router.get(
+    "/v1/model",
+    response_model=ModelOut,
+    summary="What is served: manifest, latency per (exit depth, batch size), accuracy per depth",
+)
+async def model(runtime: RuntimeDep) -> dict:
+    m = runtime.manifest
+    curve = [
+        {
+            "exit_depth": e.exit_depth,
+            "knn_top1": e.knn_top1,
+            "linear_top1": e.linear_top1,
+            "predicted_ms_batch1": round(runtime.latency.predict(e.exit_depth, 1), 3),
+        }
+        for e in m.exits
+    ]
+    return {
+        "model": runtime.bundle_id,
+        "bundle": str(runtime.bundle),
+        "device": runtime.engine.device,
+        "items": await asyncio.to_thread(runtime.index.count),
+        "manifest": m.model_dump(mode="json"),
+        "latency": runtime.latency.table(),
+        "curve": curve,
+    }

@@ -1,0 +1,105 @@
+"""POST /v1/search: nearest items to an image (or a vector) at one exit depth."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from service.deps import MetricsDep, RuntimeDep, SettingsDep
+from service.errors import APIError
+from service.routes.common import (
+    _number,
+    depth_or_budget,
+    plan,
+    prepare_images,
+    read_payload,
+    run_batched,
+)
+from service.schemas import ERRORS, SearchOut, image_request_body
+
+router = APIRouter(tags=["search"])
+OPTIONS = {
+    "vector": {"type": "array", "items": {"type": "number"}, "description": "instead of image"},
+    "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+    "exit_depth": {"type": "integer"},
+    "budget_ms": {"type": "number"},
+}
+
+
+def _vector(raw, dim: int) -> np.ndarray:
+    if isinstance(raw, str):  # multipart: a JSON-ish list in a text field
+        import json
+
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise APIError(422, "invalid_vector", "vector must be a JSON list of numbers") from exc
+    if not isinstance(raw, list) or not all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in raw
+    ):
+        raise APIError(422, "invalid_vector", "vector must be a list of numbers")
+    if len(raw) != dim:
+        raise APIError(422, "invalid_vector", f"vector has {len(raw)} values; expected {dim}")
+    vec = np.asarray(raw, dtype=np.float64)
+    if not np.isfinite(vec).all():
+        raise APIError(422, "invalid_vector", "vector contains NaN or infinity")
+    norm = float(np.linalg.norm(vec))
+    if norm == 0.0 or not math.isfinite(norm):
+        raise APIError(422, "invalid_vector", "vector must have a non-zero, finite norm")
+    return (vec / norm).astype(np.float32)[None]
+
+
+@router.post(
+    "/v1/search",
+    response_model=SearchOut,
+    responses=ERRORS,
+    summary="Find the k nearest items to an image or a vector",
+    description="One image (multipart `image` or JSON base64 `image`) embedded at `exit_depth` "
+    "or within `budget_ms`; or a `vector` with its `exit_depth`. Scores are cosine similarity.",
+    openapi_extra=image_request_body("image", False, OPTIONS),
+)
+async def search(
+    request: Request, runtime: RuntimeDep, settings: SettingsDep, metrics: MetricsDep
+) -> JSONResponse:
+    payload = await read_payload(request, settings, "image")
+    exit_depth, budget = depth_or_budget(request, payload, runtime)
+    k = _number(request.query_params.get("k", payload.fields.get("k")), "k", int)
+    k = 10 if k is None else k
+    if not 1 <= k <= 1000:
+        raise APIError(422, "invalid_k", "k must be between 1 and 1000")
+    vector = payload.fields.get("vector")
+    if vector is not None:
+        if payload.images:
+            raise APIError(422, "invalid_request", "send an image or a vector, not both")
+        if exit_depth is None:
+            raise APIError(422, "invalid_request", "a vector needs the exit_depth it came from")
+        query = _vector(vector, runtime.manifest.model.dim)
+        timing = plan(request, runtime, settings, exit_depth, None, 0)
+    else:
+        if len(payload.images) != 1:
+            raise APIError(422, "invalid_request", "send exactly one image (or a vector)")
+        images = await prepare_images(payload.images, runtime, settings)
+        timing = plan(request, runtime, settings, exit_depth, budget, 1)
+        query = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
+    hits = (await asyncio.to_thread(runtime.index.search, timing.exit_depth, query, k))[0]
+    started = time.perf_counter()
+    body = {
+        "model": runtime.bundle_id,
+        "exit_depth": timing.exit_depth,
+        "results": [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits],
+        "timing": timing.block(metrics),
+    }
+    response = JSONResponse(
+        body,
+        headers={
+            "X-Exit-Depth": str(timing.exit_depth),
+            "X-Elapsed-Ms": f"{body['timing']['elapsed_ms']:.3f}",
+        },
+    )
+    runtime.observe_overhead(1000 * (time.perf_counter() - started))
+    return response

@@ -1,0 +1,140 @@
+"""Everything that belongs to one loaded bundle, and the holder that swaps bundles atomically.
+
+A :class:`Runtime` is built beside the one serving (sessions, warm-up, indexes), then swapped
+in by one assignment; the old one finishes its in-flight requests and is closed. Any failure
+while building leaves the old runtime serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from export.manifest import Manifest, bundle_id, load_verified
+from service.batcher import Batcher, BatchRecord
+from service.engine import ALL_EXITS, Engine
+from service.index import ItemIndex
+from service.metrics import Metrics
+from service.planner import LatencyModel
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    bundle: Path
+    manifest: Manifest
+    bundle_id: str
+    engine: Engine
+    latency: LatencyModel
+    batcher: Batcher
+    index: ItemIndex
+    overhead_ms: float = 1.0  # EWMA of the time from result to response (serialisation)
+    active: int = 0
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def exit_depths(self) -> list[int]:
+        return self.manifest.exit_depths
+
+    def observe_overhead(self, ms: float) -> None:
+        self.overhead_ms += 0.2 * (ms - self.overhead_ms)
+
+    async def embed(self, exit_depth: int, images: np.ndarray) -> np.ndarray:
+        return await self.batcher.submit(exit_depth, images)
+
+    async def embed_all(self, images: np.ndarray) -> np.ndarray:
+        """``[L, N, D]``: every exit depth in one pass of the all-exits graph."""
+        return await self.batcher.submit(ALL_EXITS, images)
+
+    async def close(self, keep_index: bool = False) -> None:
+        """Wait for in-flight requests, drain the queue, persist and close the index (unless
+        the next runtime shares it: a reload of the same bundle)."""
+        deadline = time.monotonic() + 30
+        while self.active and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await self.batcher.close()
+        if not keep_index:
+            await asyncio.to_thread(self.index.close)
+
+
+def _warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: int) -> None:
+    """Time every (exit depth, batch size) of the table, plus the all-exits graph."""
+    rng = np.random.default_rng(0)
+    for key in [*engine.exit_depths, ALL_EXITS]:
+        for b in latency.batch_sizes:
+            images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
+            engine.run(key, images)  # first run: allocations, not timed
+            for _ in range(settings.warmup_runs):
+                start = time.perf_counter()
+                engine.run(key, images)
+                latency.observe(key, b, 1000 * (time.perf_counter() - start))
+
+
+def _build(
+    settings: Settings, bundle: Path, index: ItemIndex | None
+) -> tuple[Manifest, str, Engine, LatencyModel, ItemIndex]:
+    manifest = load_verified(bundle)
+    bid = bundle_id(bundle)
+    engine = Engine(bundle, manifest, settings.device, settings.threads)
+    latency = LatencyModel([*manifest.exit_depths, ALL_EXITS], settings.warmup_batch_sizes())
+    started = time.perf_counter()
+    _warm_up(engine, latency, settings, manifest.model.img_size)
+    log.info("warm-up of %d graphs: %.1f s", len(manifest.exits) + 1, time.perf_counter() - started)
+    if index is not None:
+        return manifest, bid, engine, latency, index
+    index = ItemIndex(
+        settings.data_dir / bid,
+        bid,
+        list(range(1, manifest.model.depth + 1)),
+        manifest.model.dim,
+        settings.index_factory,
+        settings.snapshot_every,
+        use_gpu=engine.device == "cuda",
+    )
+    return manifest, bid, engine, latency, index
+
+
+async def load_runtime(
+    settings: Settings, bundle: Path, metrics: Metrics, index: ItemIndex | None = None
+) -> Runtime:
+    """Verify, load and warm a bundle and open its indexes (or reuse ``index``: same bundle),
+    the blocking parts off the event loop."""
+    manifest, bid, engine, latency, index = await asyncio.to_thread(_build, settings, bundle, index)
+
+    def on_batch(rec: BatchRecord) -> None:
+        label = "all" if rec.key == ALL_EXITS else str(rec.key)
+        metrics.batch_size.labels(label).observe(rec.size)
+        metrics.batch_seconds.labels(label).observe(rec.ms / 1000)
+
+    batcher = Batcher(
+        engine.run,
+        latency,
+        settings.max_batch,
+        settings.max_wait_ms,
+        settings.queue_bound,
+        on_batch,
+    )
+    batcher.start()
+    runtime = Runtime(bundle, manifest, bid, engine, latency, batcher, index)
+    for d, n in index.index_sizes().items():
+        metrics.items.labels(str(d)).set(n)
+    return runtime
+
+
+class RuntimeHolder:
+    """The current runtime; ``swap`` replaces it in one assignment."""
+
+    def __init__(self) -> None:
+        self.current: Runtime | None = None
+        self.reload_lock = asyncio.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.current is not None

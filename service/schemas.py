@@ -1,0 +1,146 @@
+"""Response and request models: what /docs shows (examples included)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(examples=["unknown_exit_depth"])
+    message: str = Field(examples=["exit_depth 13 is not served (available: [1, ..., 12])"])
+
+
+class ErrorOut(BaseModel):
+    error: ErrorDetail
+
+
+class TimingOut(BaseModel):
+    budget_ms: float | None = Field(description="the client's budget, if it gave one")
+    predicted_ms: float = Field(description="the planner's prediction when the depth was chosen")
+    elapsed_ms: float = Field(description="server-side time from arrival to response ready")
+    budget_met: bool | None = Field(
+        description="predicted and elapsed both within budget (null without a budget)"
+    )
+
+
+class EmbeddingsOut(BaseModel):
+    model: str = Field(description="bundle id (sha256 of its manifest)")
+    exit_depth: int
+    dim: int
+    embeddings: list[list[float]] = Field(description="L2-normalised, one row per image")
+    timing: TimingOut
+
+
+class Hit(BaseModel):
+    id: str
+    score: float = Field(description="cosine similarity")
+    metadata: Any = None
+
+
+class SearchOut(BaseModel):
+    model: str
+    exit_depth: int
+    results: list[Hit]
+    timing: TimingOut
+
+
+class ItemOut(BaseModel):
+    id: str
+    metadata: Any = None
+    created_at: float = Field(description="UNIX time of the last upsert")
+
+
+class ItemResult(BaseModel):
+    id: str
+    replaced: bool
+
+
+class ItemsOut(BaseModel):
+    model: str
+    items: list[ItemResult]
+    count: int = Field(description="items in the index after this request")
+
+
+class DeletedOut(BaseModel):
+    id: str
+    deleted: bool = True
+
+
+class LatencyRow(BaseModel):
+    exit_depth: int = Field(description="0 is the all-exits graph")
+    batch_size: int
+    mean_ms: float
+    predicted_ms: float
+    samples: int
+
+
+class AccuracyRow(BaseModel):
+    exit_depth: int
+    knn_top1: float | None
+    linear_top1: float | None
+    predicted_ms_batch1: float
+
+
+class ModelOut(BaseModel):
+    model: str
+    bundle: str
+    device: str
+    items: int
+    manifest: dict[str, Any]
+    latency: list[LatencyRow]
+    curve: list[AccuracyRow] = Field(description="accuracy against predicted latency per depth")
+
+
+class ReloadIn(BaseModel):
+    bundle: str = Field(description="path of the bundle directory, as the server sees it",
+                        examples=["artifacts/bundles/new"])  # fmt: skip
+
+
+class ReloadOut(BaseModel):
+    model: str
+    previous: str | None
+    exit_depths: list[int]
+    items: int
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorOut, "description": desc}
+    for code, desc in {
+        400: "malformed request or image",
+        401: "missing or wrong API key",
+        404: "unknown item",
+        413: "body, image or image count over the limits",
+        415: "unsupported media type or image format",
+        422: "invalid parameters",
+        503: "loading, or overloaded (see Retry-After)",
+    }.items()
+}
+
+
+def image_request_body(field: str, many: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    """openapi_extra for routes that take images as multipart files or base64 JSON."""
+    files = (
+        {"type": "array", "items": {"type": "string", "format": "binary"}}
+        if many
+        else {"type": "string", "format": "binary"}
+    )
+    b64 = (
+        {"type": "array", "items": {"type": "string", "format": "byte"}}
+        if many
+        else {"type": "string", "format": "byte"}
+    )
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "properties": {field: files, **extra}}
+                },
+                "application/json": {
+                    "schema": {"type": "object", "properties": {field: b64, **extra}}
+                },
+            },
+        }
+    }

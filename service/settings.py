@@ -1,0 +1,65 @@
+"""Server settings: one pydantic-settings class, environment prefix ``SDSSL_``, fail fast."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every option is also a ``python -m service`` flag (``--max-batch``: ``SDSSL_MAX_BATCH``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SDSSL_", extra="ignore")
+
+    bundle: Path = Field(Path("artifacts/bundles/default"), description="bundle directory to serve")
+    data_dir: Path = Field(
+        Path("artifacts/data"), description="indexes and item metadata, one folder per bundle"
+    )
+    host: str = Field("127.0.0.1", description="listen address")
+    port: int = Field(8000, ge=0, le=65535, description="listen port (0: any free port)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when onnxruntime (and faiss) report it, else CPU"
+    )
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: all cores)")
+    max_batch: int = Field(32, ge=1, le=1024, description="largest batch the batcher forms")
+    max_wait_ms: float = Field(
+        2.0, ge=0.0, le=1000.0, description="how long a batch waits for more requests"
+    )
+    queue_bound: int = Field(
+        256, ge=1, description="images waiting to run before requests get 503 + Retry-After"
+    )
+    max_body_bytes: int = Field(20 * 2**20, ge=1024, description="request body cap (413 above it)")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="pixel cap per image, before and after resizing (413)"
+    )
+    max_images: int = Field(64, ge=1, description="images per request (413 above it)")
+    index_factory: str = Field(
+        "Flat", description="FAISS factory string for new indexes (inner product metric)"
+    )
+    snapshot_every: int = Field(
+        1000, ge=1, description="persist FAISS snapshots after this many item changes"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="required on mutating routes when set (Bearer or X-API-Key)"
+    )
+    cors_origins: list[str] = Field(default_factory=list, description="CORS off unless set")
+    warmup_runs: int = Field(3, ge=1, description="timed runs per (exit depth, batch size)")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_key")
+    @classmethod
+    def _non_empty_key(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and not v.get_secret_value():
+            return None
+        return v
+
+    def warmup_batch_sizes(self) -> list[int]:
+        """Powers of two up to max_batch, and max_batch itself: the latency table's columns."""
+        sizes, b = [], 1
+        while b < self.max_batch:
+            sizes.append(b)
+            b *= 2
+        return [*sizes, self.max_batch]
