@@ -1,0 +1,117 @@
+"""Every route against a real server, over real HTTP."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures as cf
+
+import numpy as np
+
+from tests.service.conftest import digit_png, png
+
+
+def files(*blobs: bytes, field: str = "images"):
+    return [(field, (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
+
+
+def test_health_docs_and_model(client) -> None:
+    assert client.get("/livez").json() == {"status": "ok"}
+    ready = client.get("/readyz").json()
+    assert ready["status"] == "ready" and len(ready["model"]) == 64
+    assert client.get("/docs").status_code == 200
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/embeddings", "/v1/search", "/v1/items", "/v1/items/{item_id}",
+                 "/v1/model", "/v1/admin/reload"):  # fmt: skip
+        assert path in spec["paths"]
+    model = client.get("/v1/model").json()
+    assert model["manifest"]["model"]["depth"] == 4 and model["device"] == "cpu"
+    assert [c["exit_depth"] for c in model["curve"]] == [1, 2, 3, 4]
+    assert all(c["knn_top1"] is not None for c in model["curve"])
+    keys = {(r["exit_depth"], r["batch_size"]) for r in model["latency"]}
+    assert {(d, b) for d in (0, 1, 2, 3, 4) for b in (1, 2, 4, 8, 16, 32)} <= keys
+
+
+def test_embeddings_multipart_and_json_agree(client) -> None:
+    a, b = digit_png(0), digit_png(1)
+    r = client.post("/v1/embeddings", files=files(a, b), data={"exit_depth": "2"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["exit_depth"] == 2 and body["dim"] == 32 and len(body["embeddings"]) == 2
+    assert r.headers["x-exit-depth"] == "2" and float(r.headers["x-elapsed-ms"]) > 0
+    emb = np.array(body["embeddings"])
+    assert np.allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    j = client.post(
+        "/v1/embeddings",
+        json={"images": [base64.b64encode(a).decode(), base64.b64encode(b).decode()]},
+        params={"exit_depth": 2},
+    ).json()
+    assert np.allclose(np.array(j["embeddings"]), emb, atol=1e-6)
+    full = client.post("/v1/embeddings", files=files(a)).json()
+    assert full["exit_depth"] == 4 and full["timing"]["budget_met"] is None
+
+
+def test_budget_extremes_and_honesty(client) -> None:
+    img = files(digit_png(3))
+    tiny = client.post("/v1/embeddings", files=img, data={"budget_ms": "0.001"}).json()
+    assert tiny["exit_depth"] == 1 and tiny["timing"]["budget_met"] is False
+    big = client.post("/v1/embeddings", files=img, data={"budget_ms": "60000"}).json()
+    assert big["exit_depth"] == 4 and big["timing"]["budget_met"] is True
+    for budget in (0.5, 2, 5, 10, 20, 50, 100, 1000):
+        t = client.post("/v1/embeddings", files=img, params={"budget_ms": budget}).json()["timing"]
+        if t["budget_met"]:
+            assert t["predicted_ms"] <= budget and t["elapsed_ms"] <= budget
+
+
+def test_items_add_search_replace_delete(client) -> None:
+    blobs = [digit_png(i) for i in range(4)]
+    r = client.post(
+        "/v1/items",
+        files=files(*blobs),
+        data={"ids": [f"t-{i}" for i in range(4)], "metadata": [f'{{"n": {i}}}' for i in range(4)]},
+    )
+    assert r.status_code == 200, r.text
+    assert [i["replaced"] for i in r.json()["items"]] == [False] * 4
+    for depth in (1, 4):
+        hits = client.post(
+            "/v1/search", files=files(blobs[2], field="image"), data={"exit_depth": depth, "k": 3}
+        ).json()["results"]
+        assert hits[0]["id"] == "t-2" and abs(hits[0]["score"] - 1.0) < 1e-4
+        assert hits[0]["metadata"] == {"n": 2} and len(hits) == 3
+    # Search by vector at a depth equals search by the image.
+    emb = client.post("/v1/embeddings", files=files(blobs[1]), data={"exit_depth": 3}).json()
+    by_vec = client.post("/v1/search", json={"vector": emb["embeddings"][0], "exit_depth": 3})
+    assert by_vec.json()["results"][0]["id"] == "t-1"
+    # Replace t-1 with digit 3's image: searching digit 3 now finds t-3 and t-1 at ~1.0.
+    r = client.post("/v1/items", files=files(blobs[3]), data={"ids": "t-1"})
+    assert r.json()["items"] == [{"id": "t-1", "replaced": True}]
+    assert client.get("/v1/items/t-1").json()["metadata"] is None
+    hits = client.post("/v1/search", files=files(blobs[3], field="image"), data={"k": 2}).json()
+    assert {h["id"] for h in hits["results"]} == {"t-1", "t-3"}
+    assert client.delete("/v1/items/t-1").json() == {"id": "t-1", "deleted": True}
+    assert client.get("/v1/items/t-1").status_code == 404
+    assert client.delete("/v1/items/t-1").status_code == 404
+    ids = {h["id"] for h in client.post(
+        "/v1/search", files=files(blobs[3], field="image"), data={"k": 10}
+    ).json()["results"]}  # fmt: skip
+    assert "t-1" not in ids and {"t-0", "t-2", "t-3"} <= ids
+
+
+def test_concurrent_requests_are_batched(server, client) -> None:
+    img = files(png(seed=7))
+
+    def one(_):
+        with server.client() as c:
+            return c.post("/v1/embeddings", files=img, data={"exit_depth": "3"}).status_code
+
+    with cf.ThreadPoolExecutor(16) as pool:
+        codes = list(pool.map(one, range(48)))
+    assert codes == [200] * 48
+    metrics = client.get("/metrics").text
+    count = sum_ = 0.0
+    for line in metrics.splitlines():
+        if line.startswith('sdssl_batch_size_count{exit_depth="3"}'):
+            count = float(line.split()[-1])
+        if line.startswith('sdssl_batch_size_sum{exit_depth="3"}'):
+            sum_ = float(line.split()[-1])
+    assert count >= 1 and sum_ / count > 1.0, (sum_, count)
+    assert "sdssl_request_seconds_bucket" in metrics and "sdssl_index_items" in metrics
