@@ -13,7 +13,7 @@ METHOD ?= simclr
 SEEDS  ?= 0,1,2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run test lint format train train-default evaluate export verify profile compare bench clean
+.PHONY: help setup run serve evaluate-default test lint format train train-default evaluate export verify profile compare bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -26,8 +26,33 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) ## create .venv and install everything (idempotent)
 
-run: setup ## evaluate the committed default model on mnist5k and print its per-depth table
-	$(BIN)/python -m training evaluate $(CKPT) --output artifacts/default-eval
+DEFAULT_BUNDLE := artifacts/bundles/default
+DATA_DIR ?= artifacts/data
+GALLERY  := artifacts/demo/mnist-test
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+$(DEFAULT_BUNDLE)/manifest.json: models/default/model.safetensors models/default/config.json | setup
+	$(BIN)/python -m export models/default $(DEFAULT_BUNDLE) --force
+
+$(GALLERY)/.complete: | setup
+	$(BIN)/python scripts/demo_gallery.py $(GALLERY)
+
+run: setup $(DEFAULT_BUNDLE)/manifest.json $(GALLERY)/.complete ## serve the default model with the mnist demo gallery on http://127.0.0.1:8000
+	$(BIN)/python -m service.reindex $(DEFAULT_BUNDLE) $(GALLERY) --data-dir $(DATA_DIR) --if-empty
+	@echo
+	@echo "  SDSSL embedding service: http://$(HOST):$(PORT)   (API docs: http://$(HOST):$(PORT)/docs)"
+	@echo "  try, once /readyz answers:"
+	@echo "    curl -F images=@$(GALLERY)/7/mnist-test-00700.png 'http://$(HOST):$(PORT)/v1/embeddings?budget_ms=20'"
+	@echo "    curl -F image=@$(GALLERY)/7/mnist-test-00700.png -F k=5 http://$(HOST):$(PORT)/v1/search"
+	@echo
+	$(BIN)/python -m service --bundle $(DEFAULT_BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
+
+serve: setup ## serve BUNDLE (default: the default bundle) with DATA_DIR
+	$(BIN)/python -m service --bundle $(BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
+
+evaluate-default: setup ## per-depth table of the committed default model (k-NN + linear probe)
+	$(BIN)/python -m training evaluate models/default --output artifacts/default-eval
 
 test: setup ## install, then run the whole test suite
 	$(BIN)/python -m pytest

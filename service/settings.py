@@ -45,9 +45,12 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="required on mutating routes when set (Bearer or X-API-Key)"
     )
-    cors_origins: list[str] = Field(default_factory=list, description="CORS off unless set")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="allowed CORS origins, a JSON list; CORS is off unless set",
+    )
     warmup_runs: int = Field(3, ge=1, description="timed runs per (exit depth, batch size)")
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     @field_validator("api_key")
     @classmethod

@@ -1,0 +1,176 @@
+"""``python -m service.reindex``: embed images into a bundle's indexes, offline (no server).
+
+Sources are image folders (every image below them; id = file stem, metadata = the parent
+folder's name as ``label`` and the path) or text files listing ``path[<TAB>id]`` per line.
+Items already in the index are skipped, so an interrupted run resumes where it stopped. Each
+batch is embedded once with the all-exits graph and committed before the next starts.
+Run it against a bundle that no server is serving at the same moment (e.g. a new bundle,
+before ``POST /v1/admin/reload``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from export.manifest import BundleIntegrityError, bundle_id, load_verified
+from service.engine import ALL_EXITS, Engine
+from service.errors import APIError
+from service.images import prepare
+from service.index import IndexMismatch, ItemIndex
+from service.settings import Settings
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
+log = logging.getLogger("reindex")
+
+
+def iter_sources(sources: list[Path]) -> Iterator[tuple[Path, str, dict]]:
+    """(path, id, metadata) for every image named by the sources, in a stable order."""
+    for src in sources:
+        if src.is_dir():
+            for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+                yield path, path.stem, {"label": path.parent.name, "path": str(path)}
+        elif src.is_file():
+            for n, line in enumerate(src.read_text().splitlines(), 1):
+                if not line.strip() or line.startswith("#"):
+                    continue
+                path_s, _, item_id = line.partition("\t")
+                path = Path(path_s.strip())
+                if not path.is_absolute():
+                    path = src.parent / path
+                yield path, item_id.strip() or path.stem, {"path": str(path), "line": n}
+        else:
+            raise FileNotFoundError(f"source not found: {src}")
+
+
+def reindex(
+    bundle: Path,
+    data_dir: Path,
+    sources: list[Path],
+    batch_size: int = 64,
+    settings: Settings | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Embed and upsert every image not yet indexed; returns counts."""
+    settings = settings or Settings()
+    manifest = load_verified(bundle)
+    bid = bundle_id(bundle)
+    engine = Engine(bundle, manifest, settings.device, settings.threads)
+    index = ItemIndex(
+        data_dir / bid,
+        bid,
+        list(range(1, manifest.model.depth + 1)),
+        manifest.model.dim,
+        settings.index_factory,
+        settings.snapshot_every,
+    )
+    p = manifest.preprocess
+    todo = [(path, i, m) for path, i, m in iter_sources(sources) if index.get(i) is None]
+    counts = {"indexed": 0, "skipped_existing": 0, "failed": 0}
+    total = sum(1 for _ in iter_sources(sources))
+    counts["skipped_existing"] = total - len(todo)
+    started = time.perf_counter()
+    try:
+        for start in range(0, len(todo), batch_size):
+            rows, ids, metas = [], [], []
+            for path, item_id, meta in todo[start : start + batch_size]:
+                try:
+                    rows.append(
+                        prepare(
+                            path.read_bytes(),
+                            p.resize,
+                            p.crop,
+                            p.interpolation,
+                            settings.max_pixels,
+                        )
+                    )
+                except (APIError, OSError) as exc:
+                    msg = exc.message if isinstance(exc, APIError) else str(exc)
+                    log.warning("skipping %s: %s", path, msg)
+                    counts["failed"] += 1
+                    continue
+                ids.append(item_id)
+                metas.append(meta)
+            if rows:
+                vectors = engine.run(ALL_EXITS, np.stack(rows))  # [L, N, D]
+                index.upsert(ids, metas, vectors.transpose(1, 0, 2))
+                counts["indexed"] += len(ids)
+            if progress:
+                done = min(start + batch_size, len(todo))
+                rate = done / max(1e-9, time.perf_counter() - started)
+                print(
+                    f"\rreindex: {done}/{len(todo)} images, {rate:.0f}/s", end="", file=sys.stderr
+                )
+        if progress and todo:
+            print(file=sys.stderr)
+    finally:
+        index.close()
+    return counts
+
+
+def _has_items(bundle: Path, data_dir: Path) -> bool:
+    """Whether the bundle's index exists and is non-empty (cheap: no model is loaded)."""
+    import sqlite3
+
+    try:
+        db = data_dir / bundle_id(bundle) / "items.sqlite"
+    except OSError:
+        return False
+    if not db.is_file():
+        return False
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        try:
+            return conn.execute("SELECT COUNT(*) FROM items").fetchone()[0] > 0
+        except sqlite3.Error:
+            return False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m service.reindex",
+        description=__doc__.split("\n\n")[0].split(": ", 1)[1],
+        epilog="Sources: image folders (id = file stem, label = parent folder) or text files "
+        "of 'path<TAB>id' lines. Already indexed ids are skipped (resumable).",
+    )
+    parser.add_argument("bundle", type=Path, help="bundle directory")
+    parser.add_argument("sources", type=Path, nargs="+", help="image folders or list files")
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: SDSSL_DATA_DIR")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--if-empty", action="store_true", help="do nothing if the index already holds items"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    settings = Settings()
+    data_dir = args.data_dir or settings.data_dir
+    if args.if_empty and _has_items(args.bundle, data_dir):
+        print("index already holds items; nothing to do (--if-empty)")
+        return 0
+    try:
+        counts = reindex(
+            args.bundle,
+            data_dir,
+            args.sources,
+            args.batch_size,
+            settings,
+            progress=not args.quiet,
+        )
+    except (BundleIntegrityError, IndexMismatch, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"indexed {counts['indexed']}, already present {counts['skipped_existing']}, "
+        f"failed {counts['failed']}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
