@@ -1,4 +1,4 @@
-"""Command line: ``python -m training {train,evaluate,compare,slim} ...``.
+"""Command line: ``python -m training {train,evaluate,compare,init,slim} ...``.
 
 Flags map onto config fields (``--config FILE`` then ``--set section.key=value``); there is no
 parallel world of argparse options. Errors the user can fix print one line and exit 2.
@@ -90,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=Path("docs/results"), help="report folder")
 
     p = sub.add_parser(
+        "init",
+        help="write an untrained (random-init) checkpoint of a config",
+        description="For benchmarks and export tests of model sizes not trained here "
+        "(e.g. configs/vit_s16.yaml). Same initialisation as step 0 of training.",
+    )
+    _add_config_args(p)
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+
+    p = sub.add_parser(
         "slim",
         help="copy a checkpoint keeping only the evaluated backbone (fp16 by default)",
         description="For shipping: drops heads, optimizer state and the student when a "
@@ -139,6 +148,16 @@ def run(args: argparse.Namespace) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         md = run_comparison(cfg, seeds, args.runs, args.results)
         print(md.read_text())
+        return 0
+    if args.command == "init":
+        from training.checkpoint import save_checkpoint
+        from training.loop import seed_everything
+        from training.sdssl import SDSSL
+
+        cfg = load_config(args.config, args.overrides)
+        seed_everything(cfg.train.seed)
+        save_checkpoint(args.out, SDSSL(cfg))
+        print(f"wrote untrained checkpoint {args.out}")
         return 0
     if args.command == "slim":
         from training.checkpoint import save_slim

@@ -36,6 +36,7 @@ def atomic_write(path: Path, write) -> None:
         write(Path(tmp))
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; checkpoints are shared artefacts
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -1,0 +1,161 @@
+"""Shared benchmark parts: a real server process, real images, a closed-loop HTTP load."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_BUNDLE = ROOT / "artifacts" / "bundles" / "default"
+
+
+def machine() -> str:
+    """A short description of where the numbers were measured."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()}-core {cpu}"
+
+
+def digit_pngs(n: int = 64) -> list[bytes]:
+    """Real mnist5k test digits as PNG bytes."""
+    from training.data import load_splits
+
+    test = load_splits("mnist5k", 0.2).test
+    out = []
+    for i in range(n):
+        buf = io.BytesIO()
+        test.image(i * (len(test) // n)).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m service`` on a free loopback port; stops itself on exit."""
+
+    def __init__(self, bundle: Path, data_dir: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "SDSSL_LOG_LEVEL": "warning"}
+        env.update({f"SDSSL_{k.upper()}": str(v) for k, v in settings.items()})
+        cmd = [sys.executable, "-m", "service", "--bundle", str(bundle), "--data-dir",
+               str(data_dir), "--port", str(self.port)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
+
+    def __enter__(self) -> ServerProcess:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("server exited during start-up")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError("server not ready")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    seconds: float
+    latencies_ms: list[float]
+    bodies: list[dict] = field(default_factory=list)
+    errors: int = 0
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
+
+
+async def _closed_loop(
+    url: str,
+    concurrency: int,
+    seconds: float,
+    images: list[bytes],
+    params_for,
+    keep_bodies: bool,
+) -> LoadResult:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        stop = time.perf_counter() + seconds
+        lat: list[float] = []
+        bodies: list[dict] = []
+        errors = 0
+
+        async def worker(w: int) -> None:
+            nonlocal errors
+            i = w
+            while time.perf_counter() < stop:
+                img = images[i % len(images)]
+                start = time.perf_counter()
+                r = await client.post(
+                    "/v1/embeddings",
+                    files={"images": ("d.png", img, "image/png")},
+                    params=params_for(i),
+                )
+                if r.status_code != 200:
+                    errors += 1
+                else:
+                    lat.append(1000 * (time.perf_counter() - start))
+                    if keep_bodies:
+                        body = r.json()
+                        body.pop("embeddings", None)
+                        bodies.append(body)
+                i += concurrency
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(concurrency)))
+        elapsed = time.perf_counter() - t0
+    return LoadResult(len(lat), elapsed, lat, bodies, errors)
+
+
+def closed_loop(
+    url: str,
+    concurrency: int,
+    seconds: float,
+    images: list[bytes],
+    params_for=lambda i: {},
+    keep_bodies: bool = False,
+) -> LoadResult:
+    """``concurrency`` clients, each sending its next request when the last one returns."""
+    return asyncio.run(_closed_loop(url, concurrency, seconds, images, params_for, keep_bodies))
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")

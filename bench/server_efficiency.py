@@ -1,0 +1,100 @@
+"""How much the server adds on top of the model: requests/s and p50/p99 of a real uvicorn server
+under closed-loop load (concurrency 1, 8, 32, one image per request, deepest exit) against
+onnxruntime in-process at its best batch size, measured in one run on one machine.
+
+    python bench/server_efficiency.py [--bundle artifacts/bundles/default] [--seconds 10]
+
+Last line: server req/s at concurrency 8 / in-process images/s (target >= 0.85).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import DEFAULT_BUNDLE, ServerProcess, closed_loop, digit_pngs, machine  # noqa: E402
+from export.manifest import INPUT_NAME, Manifest  # noqa: E402
+from service.images import prepare  # noqa: E402
+
+
+def in_process(bundle: Path, images: np.ndarray, threads: int, seconds: float) -> dict[int, float]:
+    """Images/s of the deepest exit graph in this process, per batch size."""
+    m = Manifest.read(bundle)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(
+        str(bundle / m.exits[-1].file), opts, providers=["CPUExecutionProvider"]
+    )
+    out = {}
+    for b in (1, 2, 4, 8, 16, 32):
+        batch = images[np.arange(b) % len(images)]
+        for _ in range(3):
+            session.run(None, {INPUT_NAME: batch})
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 6:
+            session.run(None, {INPUT_NAME: batch})
+            n += b
+        out[b] = n / (time.perf_counter() - start)
+    return out
+
+
+def main() -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
+    parser.add_argument("--seconds", type=float, default=10.0, help="per load level")
+    parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all)")
+    parser.add_argument("--json", type=Path, help="write the numbers here too")
+    args = parser.parse_args()
+    m = Manifest.read(args.bundle)
+    depth = m.exits[-1].exit_depth
+    pngs = digit_pngs(64)
+    p = m.preprocess
+    arrays = np.stack([prepare(b, p.resize, p.crop, p.interpolation, 10**8) for b in pngs])
+
+    base = in_process(args.bundle, arrays, args.threads, args.seconds)
+    best_b = max(base, key=base.get)
+    results = {}
+    with (
+        tempfile.TemporaryDirectory() as data,
+        ServerProcess(args.bundle, Path(data), threads=args.threads) as server,
+    ):
+        closed_loop(server.url, 8, 2.0, pngs, lambda i: {"exit_depth": depth})  # warm
+        for c in (1, 8, 32):
+            r = closed_loop(server.url, c, args.seconds, pngs, lambda i: {"exit_depth": depth})
+            results[c] = {
+                "rps": r.rps,
+                "p50_ms": r.pct(50),
+                "p99_ms": r.pct(99),
+                "errors": r.errors,
+            }
+
+    print(f"machine: {machine()}; bundle {args.bundle} (exit depth {depth}, dim {m.model.dim})")
+    print("\n| in-process batch | images/s |\n|---:|---:|")
+    for b, v in base.items():
+        print(f"| {b} | {v:.0f} |")
+    print("\n| concurrency | server req/s | p50 ms | p99 ms | errors | vs in-process best |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for c, r in results.items():
+        print(
+            f"| {c} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['errors']} | "
+            f"{r['rps'] / base[best_b]:.2f} |"
+        )
+    ratio = results[8]["rps"] / base[best_b]
+    out = {"in_process": base, "best_batch": best_b, "server": results, "ratio_c8": ratio}
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+    print(f"\nserver req/s at concurrency 8 / in-process images/s at batch {best_b}: {ratio:.2f} "
+          "(target >= 0.85)")  # fmt: skip
+    return out
+
+
+if __name__ == "__main__":
+    main()
