@@ -13,7 +13,7 @@ METHOD ?= simclr
 SEEDS  ?= 0,1,2
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run serve evaluate-default test lint format train train-default evaluate export verify profile compare bench clean
+.PHONY: help setup run serve evaluate-default lock test lint format train train-default evaluate export verify profile compare bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -24,7 +24,19 @@ $(STAMP): pyproject.toml
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
-setup: $(STAMP) ## create .venv and install everything (idempotent)
+# The tests validate docker-compose.yml with a real compose implementation (no engine needed).
+$(VENV)/.compose: | $(STAMP)
+	@if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing Debian's docker-compose (validates the compose file)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null; \
+		else \
+			echo "error: need docker-compose or 'docker compose' (e.g. apt-get install docker-compose)" >&2; exit 1; \
+		fi; \
+	fi
+	@touch $@
+
+setup: $(STAMP) $(VENV)/.compose ## create .venv and install everything (idempotent)
 
 DEFAULT_BUNDLE := artifacts/bundles/default
 DATA_DIR ?= artifacts/data
@@ -32,13 +44,13 @@ GALLERY  := artifacts/demo/mnist-test
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-$(DEFAULT_BUNDLE)/manifest.json: models/default/model.safetensors models/default/config.json | setup
+$(DEFAULT_BUNDLE)/manifest.json: models/default/model.safetensors models/default/config.json | $(STAMP)
 	$(BIN)/python -m export models/default $(DEFAULT_BUNDLE) --force
 
-$(GALLERY)/.complete: | setup
+$(GALLERY)/.complete: | $(STAMP)
 	$(BIN)/python scripts/demo_gallery.py $(GALLERY)
 
-run: setup $(DEFAULT_BUNDLE)/manifest.json $(GALLERY)/.complete ## serve the default model with the mnist demo gallery on http://127.0.0.1:8000
+run: $(STAMP) $(DEFAULT_BUNDLE)/manifest.json $(GALLERY)/.complete ## serve the default model with the mnist demo gallery on http://127.0.0.1:8000
 	$(BIN)/python -m service.reindex $(DEFAULT_BUNDLE) $(GALLERY) --data-dir $(DATA_DIR) --if-empty
 	@echo
 	@echo "  SDSSL embedding service: http://$(HOST):$(PORT)   (API docs: http://$(HOST):$(PORT)/docs)"
@@ -57,9 +69,12 @@ evaluate-default: setup ## per-depth table of the committed default model (k-NN 
 test: setup ## install, then run the whole test suite
 	$(BIN)/python -m pytest
 
-lint: setup ## ruff lint + format check
+lint: $(STAMP) ## ruff, shellcheck, hadolint, and the images' pinned requirements
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/shellcheck -x scripts/*.sh scripts/common.bash
+	$(BIN)/hadolint docker/*.Dockerfile
+	$(BIN)/python scripts/lock_requirements.py --check
 
 format: setup ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
@@ -84,6 +99,9 @@ verify: setup ## verify BUNDLE (hashes, manifest, exits agree with all_exits)
 
 profile: setup ## onnxruntime latency per exit depth of BUNDLE at batch 1, 8, 32
 	$(BIN)/python -m export profile $(BUNDLE) --plot artifacts/profile-$(notdir $(BUNDLE)).png
+
+lock: $(STAMP) ## regenerate docker/requirements-*.txt from the versions in .venv
+	$(BIN)/python scripts/lock_requirements.py
 
 compare: setup ## baseline vs SDSSL for METHOD over SEEDS (writes docs/results/)
 	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS)

@@ -20,9 +20,9 @@ import numpy as np
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import DEFAULT_BUNDLE, ServerProcess, closed_loop, digit_pngs, machine  # noqa: E402
-from export.manifest import INPUT_NAME, Manifest  # noqa: E402
-from service.images import prepare  # noqa: E402
+from bench.common import DEFAULT_BUNDLE, ServerProcess, closed_loop, digit_pngs, machine
+from export.manifest import INPUT_NAME, Manifest
+from service.images import prepare
 
 
 def in_process(bundle: Path, images: np.ndarray, threads: int, seconds: float) -> dict[int, float]:

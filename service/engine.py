@@ -18,6 +18,11 @@ def choose_providers(device: str) -> list[str]:
     """CUDA EP first when onnxruntime reports it and the device setting allows, else CPU."""
     available = ort.get_available_providers()
     if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from NVIDIA's pip wheels (GPU image)
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # system CUDA libraries may still be found
+                log.warning("onnxruntime.preload_dlls failed: %s", exc)
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device == "cuda":
         raise RuntimeError(f"device=cuda but onnxruntime offers only {available}")

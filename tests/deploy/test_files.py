@@ -1,0 +1,113 @@
+"""Deploy files checked by real tools: compose config, hadolint, shellcheck, pinned images."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
+
+
+def compose_cmd() -> list[str]:
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return ["docker", "compose"]
+
+
+@pytest.fixture(scope="module")
+def compose_dir(tmp_path_factory) -> Path:
+    """The compose file with its .env (from .env.example), as a user would have it."""
+    d = tmp_path_factory.mktemp("compose")
+    shutil.copy(ROOT / "docker-compose.yml", d)
+    shutil.copy(ROOT / ".env.example", d / ".env")
+    return d
+
+
+def compose_config(compose_dir: Path, profile: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "SDSSL_"))}
+    res = subprocess.run(
+        [*compose_cmd(), "--profile", profile, "config"],
+        cwd=compose_dir, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    return yaml.safe_load(res.stdout)
+
+
+def test_compose_gpu_variant(compose_dir) -> None:
+    cfg = compose_config(compose_dir, "gpu")
+    api = cfg["services"]["api"]
+    devices = api["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert api["build"]["target"] == "gpu" and api["environment"]["SDSSL_DEVICE"] == "cuda"
+    assert "readyz" in " ".join(api["healthcheck"]["test"])
+    targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in api["volumes"]]
+    assert {"/bundles", "/data"} <= set(targets)
+    trainer = cfg["services"]["trainer"]
+    assert trainer["build"]["dockerfile"].endswith("train.Dockerfile")
+
+
+def test_compose_cpu_variant(compose_dir) -> None:
+    cfg = compose_config(compose_dir, "cpu")
+    api = cfg["services"]["api-cpu"]
+    assert api["build"]["target"] == "cpu" and "deploy" not in api
+    assert api["environment"]["SDSSL_BUNDLE"] == "/bundles/default"
+
+
+def test_env_example_documents_every_compose_variable() -> None:
+    used = set(re.findall(r"\$\{([A-Z_]+)", (ROOT / "docker-compose.yml").read_text()))
+    documented = set(re.findall(r"^([A-Z_]+)=", (ROOT / ".env.example").read_text(), re.M))
+    assert used <= documented, used - documented
+    assert "COMPOSE_PROFILES" in documented
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    files = sorted(str(p) for p in (ROOT / "docker").glob("*.Dockerfile"))
+    res = subprocess.run([str(BIN / "hadolint"), *files], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_scripts_pass_shellcheck() -> None:
+    files = [str(p) for p in SCRIPTS] + [str(ROOT / "scripts" / "common.bash")]
+    res = subprocess.run([str(BIN / "shellcheck"), "-x", *files], capture_output=True, text=True,
+                         cwd=ROOT)  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[p.name for p in SCRIPTS])
+def test_scripts_help(script: Path) -> None:
+    res = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True)
+    assert res.returncode == 0 and res.stdout.startswith(f"usage: scripts/{script.name}")
+    assert "set -euo pipefail" in script.read_text()
+    bad = subprocess.run(["bash", str(script)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "error:" in bad.stderr
+
+
+def test_image_requirements_are_pinned_to_the_tested_versions() -> None:
+    res = subprocess.run([sys.executable, "scripts/lock_requirements.py", "--check"], cwd=ROOT,
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0, res.stdout
+    for name in ("requirements-serve.txt", "requirements-train.txt"):
+        for line in (ROOT / "docker" / name).read_text().splitlines():
+            if line.startswith("#"):
+                continue
+            pkg, version = line.split("==")
+            assert metadata.version(pkg) == version, line
+    gpu = (ROOT / "docker" / "requirements-serve-gpu.txt").read_text()
+    assert "onnxruntime-gpu" in gpu and "faiss-gpu" in gpu and "\nfaiss-cpu" not in gpu
+
+
+def test_serving_image_carries_no_torch() -> None:
+    reqs = (ROOT / "docker" / "requirements-serve.txt").read_text()
+    assert not re.search(r"^(torch|timm|torchvision)==", reqs, re.M)
+    text = (ROOT / "docker" / "serve.Dockerfile").read_text()
+    assert "COPY training" not in text and "USER 10001" in text and "HEALTHCHECK" in text
