@@ -35,7 +35,11 @@ class Runtime:
     latency: LatencyModel
     batcher: Batcher
     index: ItemIndex
-    overhead_ms: float = 1.0  # EWMA of the time from result to response (serialisation)
+    # Calibration: EWMA of (actual elapsed - the model's prediction) and of its deviation.
+    # It absorbs what the latency table does not see (HTTP parsing, decoding, event-loop
+    # scheduling, CPU contention), so predictions stay honest under real load.
+    residual_ms: float = 0.0
+    residual_dev_ms: float = 1.0
     active: int = 0
     loaded_at: float = field(default_factory=time.time)
 
@@ -43,8 +47,16 @@ class Runtime:
     def exit_depths(self) -> list[int]:
         return self.manifest.exit_depths
 
-    def observe_overhead(self, ms: float) -> None:
-        self.overhead_ms += 0.2 * (ms - self.overhead_ms)
+    @property
+    def overhead_ms(self) -> float:
+        """What to add to the latency model's prediction: residual mean + 2 deviations."""
+        return max(0.0, self.residual_ms + 2.0 * self.residual_dev_ms)
+
+    def observe_residual(self, elapsed_ms: float, predicted_ms: float) -> None:
+        """Fold one finished request: its elapsed time against the uncalibrated prediction."""
+        err = elapsed_ms - predicted_ms - self.residual_ms
+        self.residual_ms += 0.1 * err
+        self.residual_dev_ms += 0.1 * (abs(err) - self.residual_dev_ms)
 
     async def embed(self, exit_depth: int, images: np.ndarray) -> np.ndarray:
         return await self.batcher.submit(exit_depth, images)

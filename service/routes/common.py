@@ -143,12 +143,15 @@ class Timing:
     predicted_ms: float
     fits: bool
     arrival: float
+    overhead_ms: float  # the calibration term included in predicted_ms
 
     def elapsed_ms(self) -> float:
         return 1000 * (time.perf_counter() - self.arrival)
 
-    def block(self, metrics: Metrics) -> dict[str, Any]:
+    def block(self, runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
+        """The response's timing; also feeds the runtime's calibration."""
         elapsed = self.elapsed_ms()
+        runtime.observe_residual(elapsed, self.predicted_ms - self.overhead_ms)
         met = self.fits and (self.budget_ms is None or elapsed <= self.budget_ms)
         if self.budget_ms is not None:
             metrics.budget.labels("met" if met else "missed").inc()
@@ -178,13 +181,13 @@ def plan(
             runtime.latency, depths, budget, n, queue, settings.max_wait_ms, elapsed,
             runtime.overhead_ms,
         )  # fmt: skip
-        timing = Timing(p.exit_depth, budget, p.predicted_ms, p.fits, arrival)
+        timing = Timing(p.exit_depth, budget, p.predicted_ms, p.fits, arrival, runtime.overhead_ms)
     else:
         d = exit_depth if exit_depth is not None else depths[-1]
         predicted = predict_ms(
             runtime.latency, d, n, queue, settings.max_wait_ms, elapsed, runtime.overhead_ms
         )
-        timing = Timing(d, None, predicted, True, arrival)
+        timing = Timing(d, None, predicted, True, arrival, runtime.overhead_ms)
     request.scope["state"]["exit_depth"] = timing.exit_depth
     return timing
 

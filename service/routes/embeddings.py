@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
@@ -36,13 +34,12 @@ async def embeddings(
     images = await prepare_images(payload.images, runtime, settings)
     timing = plan(request, runtime, settings, exit_depth, budget, len(images))
     vectors = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
-    started = time.perf_counter()
     body = {
         "model": runtime.bundle_id,
         "exit_depth": timing.exit_depth,
         "dim": int(vectors.shape[1]),
         "embeddings": vectors.tolist(),
-        "timing": timing.block(metrics),
+        "timing": timing.block(runtime, metrics),
     }
     response = JSONResponse(
         body,
@@ -51,5 +48,4 @@ async def embeddings(
             "X-Elapsed-Ms": f"{body['timing']['elapsed_ms']:.3f}",
         },
     )
-    runtime.observe_overhead(1000 * (time.perf_counter() - started))
     return response
