@@ -106,8 +106,8 @@ lock: $(STAMP) ## regenerate docker/requirements-*.txt from the versions in .ven
 compare: setup ## baseline vs SDSSL for METHOD over SEEDS (writes docs/results/)
 	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS)
 
-bench: setup ## benchmarks (prints the ratios the issues name)
-	$(BIN)/python bench/train_step.py
+bench: setup $(DEFAULT_BUNDLE)/manifest.json ## run every benchmark; writes bench/results/<date>-<machine>.md
+	$(BIN)/python bench/report.py
 
 clean: ## remove caches and run outputs (keeps .venv and models/)
 	rm -rf .pytest_cache .ruff_cache artifacts runs

@@ -88,8 +88,10 @@ def main() -> dict:
             run_level(server.url, c, args.seconds, pngs, lo, hi, costs, depths, seed)
             for seed, c in enumerate((8, 32))
         ]
-    print(f"machine: {machine()}; budgets uniform in [{lo:.2f}, {hi:.2f}] ms = [cost(1), "
-          f"2 x cost({depths[-1]})], cost = median server-side elapsed at concurrency 8")  # fmt: skip
+    print(
+        f"machine: {machine()}; budgets uniform in [{lo:.2f}, {hi:.2f}] ms = [cost(1), "
+        f"2 x cost({depths[-1]})], cost: median server-side elapsed at concurrency 8"
+    )
     print("\n| concurrency | requests | errors | inside budget | budget_met | mean depth | "
           "oracle depth | depth/oracle | p99 ms |")  # fmt: skip
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_BUNDLE, ROOT, machine
-from export.profile import profile_bundle
+from export.profile import plot, profile_bundle
 
 
 def ensure_vit_s16(work: Path) -> tuple[Path, float]:
@@ -52,6 +52,7 @@ def main() -> dict:
     parser.add_argument("--skip-vit-s16", action="store_true")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="PNG of latency against exit depth")
     args = parser.parse_args()
     models = {"default": (args.bundle, float("nan"))}
     if not args.skip_vit_s16:
@@ -60,9 +61,13 @@ def main() -> dict:
     out, worst = {}, -1.0
     for name, (bundle, export_s) in models.items():
         result = profile_bundle(bundle, [1, 32], repeats=args.repeats, progress=False)
+        if args.plot and name == "default":
+            plot(result, args.plot)
         rows = ratios(result)
         out[name] = {"rows": rows, "export_s": export_s}
-        print(f"\n{name} ({bundle})" + (f", export {export_s:.0f} s" if export_s == export_s else ""))
+        print(
+            f"\n{name} ({bundle})" + (f", export {export_s:.0f} s" if export_s == export_s else "")
+        )
         print("| exit depth | d/L | batch 1 ms | ratio | batch 32 ms | ratio | excess over d/L |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         by = {(r["exit_depth"], r["batch_size"]): r for r in rows}

@@ -46,12 +46,46 @@ def in_process(bundle: Path, images: np.ndarray, threads: int, seconds: float) -
     return out
 
 
+def naive_rps(checkpoint: Path, pngs: list[bytes], seconds: float) -> dict:
+    """Closed loop at concurrency 8 against bench/naive_server.py (same weights, torch eager)."""
+    import subprocess
+
+    import httpx
+
+    from bench.common import ROOT, free_port
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "bench/naive_server.py", "--checkpoint",
+                             str(checkpoint), "--port", str(port)], cwd=ROOT)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                httpx.get(f"{url}/docs", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("naive server did not start") from None
+                time.sleep(0.3)
+        closed_loop(url, 8, 2.0, pngs)
+        r = closed_loop(url, 8, seconds, pngs)
+        return {"rps": r.rps, "p50_ms": r.pct(50), "p99_ms": r.pct(99), "errors": r.errors}
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def main() -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     parser.add_argument("--seconds", type=float, default=10.0, help="per load level")
     parser.add_argument("--threads", type=int, default=0, help="onnxruntime threads (0: all)")
     parser.add_argument("--json", type=Path, help="write the numbers here too")
+    parser.add_argument(
+        "--checkpoint", type=Path, default=Path("models/default"),
+        help="the bundle's checkpoint, for the naive torch server (skipped if missing)",
+    )  # fmt: skip
     args = parser.parse_args()
     m = Manifest.read(args.bundle)
     depth = m.exits[-1].exit_depth
@@ -76,6 +110,9 @@ def main() -> dict:
                 "errors": r.errors,
             }
 
+    naive = None
+    if (args.checkpoint / "config.json").is_file():
+        naive = naive_rps(args.checkpoint, pngs, args.seconds)
     print(f"machine: {machine()}; bundle {args.bundle} (exit depth {depth}, dim {m.model.dim})")
     print("\n| in-process batch | images/s |\n|---:|---:|")
     for b, v in base.items():
@@ -89,6 +126,12 @@ def main() -> dict:
         )
     ratio = results[8]["rps"] / base[best_b]
     out = {"in_process": base, "best_batch": best_b, "server": results, "ratio_c8": ratio}
+    if naive is not None:
+        out["naive_c8"] = naive
+        print(f"\nnaive FastAPI + timm eager server (bench/naive_server.py), concurrency 8: "
+              f"{naive['rps']:.0f} req/s, p50 {naive['p50_ms']:.2f} ms, "
+              f"p99 {naive['p99_ms']:.2f} ms; "
+              f"ours / naive: {results[8]['rps'] / naive['rps']:.2f} (target >= 2)")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
     print(f"\nserver req/s at concurrency 8 / in-process images/s at batch {best_b}: {ratio:.2f} "

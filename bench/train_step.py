@@ -24,23 +24,35 @@ from training.loop import param_groups, seed_everything
 from training.sdssl import SDSSL
 
 
-def step_times(cfg, images: torch.Tensor, distill: bool, repeats: int) -> list[float]:
+def step_times(
+    cfg, images: torch.Tensor, distill: bool, repeats: int, device: torch.device, bf16: bool
+) -> list[float]:
     cfg.train.distill = distill
     seed_everything(0)
-    model = SDSSL(cfg)
+    model = SDSSL(cfg).to(device)
     opt = torch.optim.AdamW(param_groups(model, 0.05), lr=1e-4)
+    images = images.to(device)
     half = images.shape[0] // 2
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     times = []
     for i in range(repeats + 2):
+        sync(device)
         start = time.perf_counter()
-        loss, _ = model(images[:half], images[half:], 0.5)
+        with autocast:
+            loss, _ = model(images[:half], images[half:], 0.5)
         opt.zero_grad()
         loss.backward()
         opt.step()
         model.update_teacher(0.996)
+        sync(device)
         if i >= 2:  # warm-up steps excluded
             times.append(time.perf_counter() - start)
     return times
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
 
 
 def main() -> None:
@@ -49,16 +61,29 @@ def main() -> None:
     parser.add_argument("--methods", default=None, help="default: the config's method")
     parser.add_argument("--repeats", type=int, default=10, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
     args = parser.parse_args()
     cfg = load_config(args.config)
+    if args.batch_size:
+        cfg.train.batch_size = args.batch_size
+    device = torch.device(args.device)
     methods = (args.methods or cfg.train.method).split(",")
     batch = cfg.train.batch_size
     source = load_splits(cfg.data.dataset, cfg.data.test_fraction).train
     tf = eval_transform(cfg.model.img_size, cfg.data)
-    images = torch.stack([tf(source.image(i)) for i in range(2 * batch)])
+    images = torch.stack([tf(source.image(i % len(source))) for i in range(2 * batch)])
+    where = (
+        torch.cuda.get_device_name(0)
+        if device.type == "cuda"
+        else f"{torch.get_num_threads()} CPU threads"
+    )
     print(
         f"model dim {cfg.model.embed_dim} depth {cfg.model.depth} img {cfg.model.img_size} "
-        f"patch {cfg.model.patch_size}; batch {batch} x 2 views; {torch.get_num_threads()} threads"
+        f"patch {cfg.model.patch_size}; batch {batch} x 2 views; "
+        f"{where}"
+        f"{', bf16' if args.bf16 else ''}"
     )
     print("| method | baseline img/s | SDSSL img/s | SDSSL/baseline step time |")
     print("|---|---:|---:|---:|")
@@ -67,8 +92,8 @@ def main() -> None:
         cfg.train.method = method
         base, sd = [], []
         for _ in range(args.rounds):
-            base += step_times(cfg, images, False, args.repeats)
-            sd += step_times(cfg, images, True, args.repeats)
+            base += step_times(cfg, images, False, args.repeats, device, args.bf16)
+            sd += step_times(cfg, images, True, args.repeats, device, args.bf16)
         tb, ts = statistics.median(base), statistics.median(sd)
         ratio = ts / tb
         print(f"| {method} | {batch / tb:.0f} | {batch / ts:.0f} | {ratio:.2f} |")
