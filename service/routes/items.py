@@ -26,8 +26,10 @@ OPTIONS = {
 }
 
 
-def _ids(raw: list[str] | None, n: int) -> list[str]:
-    ids = raw or []
+def _ids(raw: object, n: int) -> list[str]:
+    ids = [raw] if isinstance(raw, str) else (raw if raw is not None else [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise APIError(422, "invalid_ids", "ids must be strings, one per image")
     if len(ids) != n:
         raise APIError(422, "invalid_ids", f"{n} images need {n} ids, got {len(ids)}")
     for item_id in ids:
@@ -38,9 +40,13 @@ def _ids(raw: list[str] | None, n: int) -> list[str]:
     return ids
 
 
-def _metadata(raw: list[str] | None, n: int) -> list:
-    if not raw:
+def _metadata(raw: object, n: int) -> list:
+    if raw is None or raw == []:
         return [None] * n
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+        raise APIError(422, "invalid_metadata", "metadata must be JSON documents, one per image")
     if len(raw) != n:
         raise APIError(422, "invalid_metadata", f"{n} images need {n} metadata fields or none")
     out = []
@@ -69,10 +75,11 @@ async def add_items(
     metrics: MetricsDep,
 ) -> dict:
     payload = await read_payload(request, settings, "images")
-    ids_raw = payload.lists.get("ids") or payload.fields.get("ids")
-    meta_raw = payload.lists.get("metadata") or payload.fields.get("metadata")
-    if isinstance(meta_raw, list) and meta_raw and not isinstance(meta_raw[0], str):
-        meta_raw = [json.dumps(m) for m in meta_raw]  # JSON bodies may send documents directly
+    ids_raw = payload.lists.get("ids", payload.fields.get("ids"))
+    meta_raw = payload.lists.get("metadata", payload.fields.get("metadata"))
+    if payload.lists == {} and isinstance(meta_raw, list):
+        # JSON bodies send metadata documents directly rather than as JSON strings.
+        meta_raw = [json.dumps(m) for m in meta_raw]
     ids = _ids(ids_raw, len(payload.images))
     metadata = _metadata(meta_raw, len(payload.images))
     images = await prepare_images(payload.images, runtime, settings)
