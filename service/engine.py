@@ -39,6 +39,8 @@ class Engine:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
+        # No busy-waiting between batches: the event loop needs those cores for HTTP work.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions: dict[int, ort.InferenceSession] = {}
         for entry in manifest.exits:
             self.sessions[entry.exit_depth] = ort.InferenceSession(
