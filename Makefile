@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Re-install whenever pyproject.toml changes (the stamp's name carries its hash).
-STAMP  := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml docker/requirements-*.txt | sha1sum | cut -c1-12)
 
 CONFIG ?= configs/default.yaml
 OUT    ?= runs/train
@@ -18,9 +18,13 @@ SEEDS  ?= 0,1,2
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml
+# The lock files the images install also constrain .venv, so tests run the images' versions.
+LOCKS := docker/requirements-serve.txt docker/requirements-train.txt
+
+$(STAMP): pyproject.toml $(LOCKS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,dev]" \
+		$(addprefix -c ,$(LOCKS))
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
