@@ -5,8 +5,8 @@ tests use), following each extra's full dependency closure.
     .venv/bin/python scripts/lock_requirements.py --check  # exit 1 if a file is out of date
 
 `make setup` installs .venv *constrained by* these files, so the tests run exactly the images'
-versions. To bump a dependency: change its pin in pyproject.toml and its line here's output
-files (or install it into .venv by hand), then run this script.
+versions. To bump a dependency: change its pin in pyproject.toml and in the
+docker/requirements-*.txt files (or install it into .venv by hand), then run this script.
 
 The GPU serving image swaps onnxruntime and faiss-cpu for their GPU builds (pinned here; they
 cannot be installed on a machine without a GPU, so the tests cannot use them).

@@ -131,6 +131,10 @@ def image_request_body(field: str, many: bool, extra: dict[str, Any]) -> dict[st
         if many
         else {"type": "string", "format": "byte"}
     )
+    png = (  # a 1x1 grey PNG
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR4nGNgAAAAAgABSK+kcQAAAABJRU5ErkJggg=="
+    )
+    example = {field: [png] if many else png, "budget_ms": 20}
     return {
         "requestBody": {
             "required": True,
@@ -139,7 +143,8 @@ def image_request_body(field: str, many: bool, extra: dict[str, Any]) -> dict[st
                     "schema": {"type": "object", "properties": {field: files, **extra}}
                 },
                 "application/json": {
-                    "schema": {"type": "object", "properties": {field: b64, **extra}}
+                    "schema": {"type": "object", "properties": {field: b64, **extra}},
+                    "example": example,
                 },
             },
         }
