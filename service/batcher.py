@@ -76,6 +76,10 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._task: asyncio.Task | None = None
         self._closed = False
+        self._outstanding = 0  # submitted jobs not yet answered
+        # Requests in progress upstream (parsing, decoding); set by the runtime. Waiting for
+        # company only pays when more requests are in flight than have been submitted.
+        self.requests_in_flight: Callable[[], int] = lambda: self._outstanding + 1
 
     @property
     def queued_images(self) -> int:
@@ -117,8 +121,12 @@ class Batcher:
         self._queues.setdefault(key, deque()).append(job)
         self._pending[key] = self._pending.get(key, 0) + n
         self._total += n
+        self._outstanding += 1
         self._wake.set()
-        return await job.future
+        try:
+            return await job.future
+        finally:
+            self._outstanding -= 1
 
     def _retry_after(self) -> int:
         state = self.state()
@@ -151,9 +159,15 @@ class Batcher:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            # Wait for company while the batch is not full and its oldest job is young enough.
+            # Wait for company while the batch is not full, its oldest job is young enough, and
+            # other requests are on their way (no one to wait for at concurrency 1).
             head_age = time.perf_counter() - self._queues[key][0].enqueued
-            if self._pending.get(key, 0) < self.max_batch and head_age < self.max_wait_s:
+            company = self.requests_in_flight() > self._outstanding
+            if (
+                company
+                and self._pending.get(key, 0) < self.max_batch
+                and head_age < self.max_wait_s
+            ):
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self.max_wait_s - head_age)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,11 @@ def choose_providers(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def default_threads() -> int:
+    """All cores but one: the event loop parses and answers HTTP while a batch computes."""
+    return max(1, (os.cpu_count() or 1) - 1)
+
+
 class Engine:
     """Runs a bundle's graphs. ``run`` is blocking: call it off the event loop."""
 
@@ -36,7 +42,7 @@ class Engine:
         self.manifest = manifest
         self.providers = choose_providers(device)
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or default_threads()
         opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
         # No busy-waiting between batches: the event loop needs those cores for HTTP work.

@@ -135,6 +135,7 @@ async def load_runtime(
     )
     batcher.start()
     runtime = Runtime(bundle, manifest, bid, engine, latency, batcher, index)
+    batcher.requests_in_flight = lambda: runtime.active
     for d, n in index.index_sizes().items():
         metrics.items.labels(str(d)).set(n)
     return runtime

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when onnxruntime (and faiss) report it, else CPU"
     )
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: all cores)")
+    threads: int = Field(
+        0, ge=0, description="onnxruntime intra-op threads (0: all cores but one, at least 1)"
+    )
     max_batch: int = Field(32, ge=1, le=1024, description="largest batch the batcher forms")
     max_wait_ms: float = Field(
         2.0, ge=0.0, le=1000.0, description="how long a batch waits for more requests"

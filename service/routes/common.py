@@ -25,6 +25,7 @@ from service.runtime import Runtime
 from service.settings import Settings
 
 MULTIPART = "multipart/form-data"
+INLINE_DECODE_BYTES = 64 * 1024  # up to this much image data is decoded on the event loop
 JSON = "application/json"
 
 
@@ -133,6 +134,8 @@ async def prepare_images(images: list[bytes], runtime: Runtime, settings: Settin
                 raise
         return np.stack(rows)
 
+    if sum(len(b) for b in images) <= INLINE_DECODE_BYTES:
+        return work()  # small images decode faster than a thread hop takes
     return await asyncio.to_thread(work)
 
 
