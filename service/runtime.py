@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from service.planner import LatencyModel
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+RESIDUAL_WINDOW = 512  # recent requests whose prediction error calibrates the planner
+RESIDUAL_QUANTILE = 99.0
 
 
 @dataclass
@@ -35,11 +38,12 @@ class Runtime:
     latency: LatencyModel
     batcher: Batcher
     index: ItemIndex
-    # Calibration: EWMA of (actual elapsed - the model's prediction) and of its deviation.
-    # It absorbs what the latency table does not see (HTTP parsing, decoding, event-loop
-    # scheduling, CPU contention), so predictions stay honest under real load.
-    residual_ms: float = 0.0
-    residual_dev_ms: float = 1.0
+    # Calibration: the recent distribution of (actual elapsed - the model's prediction). It
+    # absorbs what the latency table does not see (HTTP parsing, decoding, event-loop
+    # scheduling, CPU contention); adding its 99th percentile keeps ~99 % of predictions honest.
+    residuals: deque = field(default_factory=lambda: deque(maxlen=RESIDUAL_WINDOW))
+    _overhead_ms: float = 0.0
+    _observed: int = 0
     active: int = 0
     loaded_at: float = field(default_factory=time.time)
 
@@ -49,14 +53,16 @@ class Runtime:
 
     @property
     def overhead_ms(self) -> float:
-        """What to add to the latency model's prediction: residual mean + 2 deviations."""
-        return max(0.0, self.residual_ms + 2.0 * self.residual_dev_ms)
+        """What to add to the latency model's prediction: the residuals' 99th percentile."""
+        return self._overhead_ms
 
     def observe_residual(self, elapsed_ms: float, predicted_ms: float) -> None:
         """Fold one finished request: its elapsed time against the uncalibrated prediction."""
-        err = elapsed_ms - predicted_ms - self.residual_ms
-        self.residual_ms += 0.1 * err
-        self.residual_dev_ms += 0.1 * (abs(err) - self.residual_dev_ms)
+        self.residuals.append(elapsed_ms - predicted_ms)
+        self._observed += 1
+        if self._observed < 8 or self._observed % 8 == 0:  # refresh every few requests
+            q = float(np.percentile(self.residuals, RESIDUAL_QUANTILE))
+            self._overhead_ms = max(0.0, q)
 
     async def embed(self, exit_depth: int, images: np.ndarray) -> np.ndarray:
         return await self.batcher.submit(exit_depth, images)
