@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import Request
+from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from service.batcher import Overloaded
@@ -193,6 +194,17 @@ def plan(
         timing = Timing(d, None, predicted, True, arrival, runtime.overhead_ms)
     request.scope["state"]["exit_depth"] = timing.exit_depth
     return timing
+
+
+def timed_response(
+    body: dict[str, Any], timing: Timing, runtime: Runtime, metrics: Metrics
+) -> JSONResponse:
+    """The JSON response of an inference route: ``body`` + model, exit depth and timing, with
+    the same depth and elapsed time in ``X-Exit-Depth`` / ``X-Elapsed-Ms``."""
+    block = timing.block(runtime, metrics)
+    content = {"model": runtime.bundle_id, "exit_depth": timing.exit_depth, **body, "timing": block}
+    headers = {"X-Exit-Depth": str(timing.exit_depth), "X-Elapsed-Ms": f"{block['elapsed_ms']:.3f}"}
+    return JSONResponse(content, headers=headers)
 
 
 async def run_batched(coro, metrics: Metrics):

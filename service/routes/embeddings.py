@@ -6,7 +6,14 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from service.deps import MetricsDep, RuntimeDep, SettingsDep
-from service.routes.common import depth_or_budget, plan, prepare_images, read_payload, run_batched
+from service.routes.common import (
+    depth_or_budget,
+    plan,
+    prepare_images,
+    read_payload,
+    run_batched,
+    timed_response,
+)
 from service.schemas import ERRORS, EmbeddingsOut, image_request_body
 
 router = APIRouter(tags=["embeddings"])
@@ -34,18 +41,5 @@ async def embeddings(
     images = await prepare_images(payload.images, runtime, settings)
     timing = plan(request, runtime, settings, exit_depth, budget, len(images))
     vectors = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
-    body = {
-        "model": runtime.bundle_id,
-        "exit_depth": timing.exit_depth,
-        "dim": int(vectors.shape[1]),
-        "embeddings": vectors.tolist(),
-        "timing": timing.block(runtime, metrics),
-    }
-    response = JSONResponse(
-        body,
-        headers={
-            "X-Exit-Depth": str(timing.exit_depth),
-            "X-Elapsed-Ms": f"{body['timing']['elapsed_ms']:.3f}",
-        },
-    )
-    return response
+    body = {"dim": int(vectors.shape[1]), "embeddings": vectors.tolist()}
+    return timed_response(body, timing, runtime, metrics)

@@ -18,6 +18,7 @@ from service.routes.common import (
     prepare_images,
     read_payload,
     run_batched,
+    timed_response,
 )
 from service.schemas import ERRORS, SearchOut, image_request_body
 
@@ -86,17 +87,5 @@ async def search(
         timing = plan(request, runtime, settings, exit_depth, budget, 1)
         query = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
     hits = (await asyncio.to_thread(runtime.index.search, timing.exit_depth, query, k))[0]
-    body = {
-        "model": runtime.bundle_id,
-        "exit_depth": timing.exit_depth,
-        "results": [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits],
-        "timing": timing.block(runtime, metrics),
-    }
-    response = JSONResponse(
-        body,
-        headers={
-            "X-Exit-Depth": str(timing.exit_depth),
-            "X-Elapsed-Ms": f"{body['timing']['elapsed_ms']:.3f}",
-        },
-    )
-    return response
+    results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
+    return timed_response({"results": results}, timing, runtime, metrics)
