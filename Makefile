@@ -76,7 +76,7 @@ test: setup ## install, then run the whole test suite
 lint: $(STAMP) ## ruff, shellcheck, hadolint, and the images' pinned requirements
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/shellcheck -x scripts/*.sh scripts/common.bash
+	$(BIN)/shellcheck -x scripts/*.sh scripts/common.bash bench/*.sh
 	$(BIN)/hadolint docker/*.Dockerfile
 	$(BIN)/python scripts/lock_requirements.py --check
 

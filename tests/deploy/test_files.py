@@ -77,7 +77,8 @@ def test_dockerfiles_pass_hadolint() -> None:
 
 
 def test_scripts_pass_shellcheck() -> None:
-    files = [str(p) for p in SCRIPTS] + [str(ROOT / "scripts" / "common.bash")]
+    files = [str(p) for p in [*SCRIPTS, *(ROOT / "bench").glob("*.sh")]]
+    files.append(str(ROOT / "scripts" / "common.bash"))
     res = subprocess.run([str(BIN / "shellcheck"), "-x", *files], capture_output=True, text=True,
                          cwd=ROOT)  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
