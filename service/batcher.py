@@ -91,8 +91,16 @@ class Batcher:
     async def close(self) -> None:
         """Stop taking work, let queued jobs finish, then stop the worker."""
         self._closed = True
-        while self._total or self._inflight:
+        deadline = time.monotonic() + 60
+        while (self._total or self._inflight) and time.monotonic() < deadline:
+            if self._task is not None and self._task.done():
+                break  # the worker is gone: nothing will drain the queue
             await asyncio.sleep(0.005)
+        for queue in self._queues.values():  # whatever is left is refused, never left hanging
+            while queue:
+                job = queue.popleft()
+                if not job.future.done():
+                    job.future.set_exception(Overloaded(1))
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
