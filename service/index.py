@@ -95,6 +95,11 @@ class ItemIndex:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
         self._check_owner()
+        # Factories that need training (IVF...) serve from an exact index until there are
+        # enough items to train them; the switch happens at a snapshot.
+        self._min_train = self._training_points(factory)
+        count = self._db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        self._active = factory if count >= self._min_train else "Flat"
         self._gpu = self._gpu_resources() if use_gpu else None
         self._gpu_indexes: dict[int, Any] = {}
         self._indexes: dict[int, Any] = {}
@@ -132,8 +137,18 @@ class ItemIndex:
             return None
         return faiss.StandardGpuResources()
 
+    def _training_points(self, factory: str) -> int:
+        """Vectors a factory needs before it can be trained (0: no training needed)."""
+        probe = faiss.index_factory(self.dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if probe.is_trained:
+            return 0
+        try:
+            return 39 * int(faiss.extract_index_ivf(probe).nlist)  # FAISS's own minimum
+        except RuntimeError:
+            return 10_000
+
     def _new_index(self) -> Any:
-        return faiss.index_factory(self.dim, f"IDMap2,{self.factory}", faiss.METRIC_INNER_PRODUCT)
+        return faiss.index_factory(self.dim, f"IDMap2,{self._active}", faiss.METRIC_INNER_PRODUCT)
 
     def _snapshot_file(self, d: int, seq: int) -> Path:
         return self.root / f"index_d{d:02d}.s{seq}.faiss"
@@ -160,7 +175,7 @@ class ItemIndex:
         try:
             info = json.loads(path.read_text())
             seq = int(info["seq"])
-            if info.get("factory") != self.factory or info.get("bundle_id") != self.bundle_id:
+            if info.get("factory") != self._active or info.get("bundle_id") != self.bundle_id:
                 return None
             indexes = {
                 d: faiss.read_index(str(self._snapshot_file(d, seq))) for d in self.exit_depths
@@ -190,6 +205,8 @@ class ItemIndex:
     def _rebuild(self) -> None:
         self._indexes = {d: self._new_index() for d in self.exit_depths}
         self._stale = 0
+        if not next(iter(self._indexes.values())).is_trained:
+            self._train()
         cur = self._db.execute("SELECT num_id, data FROM vectors ORDER BY num_id")
         while True:
             chunk = cur.fetchmany(4096)
@@ -200,6 +217,15 @@ class ItemIndex:
             self._add_to_indexes(ids, vecs)
         self._gpu_indexes.clear()
 
+    def _train(self, max_points: int = 100_000) -> None:
+        """Train every depth's index on a sample of the stored vectors."""
+        rows = self._db.execute(
+            "SELECT data FROM vectors ORDER BY RANDOM() LIMIT ?", (max_points,)
+        ).fetchall()
+        sample = np.stack([self._decode(r[0]) for r in rows])  # [N, L, D]
+        for d, index in self._indexes.items():
+            index.train(np.ascontiguousarray(sample[:, d - 1, :]))
+
     def _decode(self, blob: bytes) -> np.ndarray:
         return np.frombuffer(blob, dtype=np.float32).reshape(self.depth, self.dim)
 
@@ -207,8 +233,6 @@ class ItemIndex:
         """``vecs [N, L, D]``: row d-1 goes to depth d's index."""
         for d, index in self._indexes.items():
             x = np.ascontiguousarray(vecs[:, d - 1, :], dtype=np.float32)
-            if not index.is_trained:
-                index.train(x)
             index.add_with_ids(x, ids)
         self._gpu_indexes.clear()
 
@@ -316,6 +340,9 @@ class ItemIndex:
             if index.ntotal == 0:
                 return [[] for _ in range(len(queries))]
             fetch = min(index.ntotal, k + self._stale)
+            inner = faiss.downcast_index(self._indexes[exit_depth].index)
+            if hasattr(inner, "hnsw"):  # HNSW returns fewer than k results when efSearch < k
+                inner.hnsw.efSearch = max(inner.hnsw.efSearch, fetch)
             scores, nums = index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
             wanted = sorted({int(n) for n in nums.ravel() if n >= 0})
             found: dict[int, tuple[str, str]] = {}
@@ -358,13 +385,19 @@ class ItemIndex:
     def snapshot(self) -> None:
         """Persist every index atomically, tagged with the change-log position it contains."""
         with self._lock:
-            if self._stale:
+            if self._active != self.factory and self.count() >= self._min_train:
+                log.info(
+                    "index %s: %d items, switching to %s", self.root, self.count(), self.factory
+                )
+                self._active = self.factory
+                self._rebuild()
+            elif self._stale:
                 self._rebuild()
             seq = self._last_seq()
             for d, index in self._indexes.items():
                 data = faiss.serialize_index(index).tobytes()
                 _fsync_write(self._snapshot_file(d, seq), data)
-            info = {"seq": seq, "bundle_id": self.bundle_id, "factory": self.factory}
+            info = {"seq": seq, "bundle_id": self.bundle_id, "factory": self._active}
             _fsync_write(self.root / SNAPSHOT, json.dumps(info).encode())
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
