@@ -44,19 +44,19 @@ async def read_payload(request: Request, settings: Settings, image_field: str) -
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     payload = Payload()
     if ctype == MULTIPART:
-        form = await request.form(
+        async with request.form(  # the context closes the uploads' spooled temp files
             max_files=settings.max_images + 1,
             max_fields=4 * settings.max_images + 16,
             max_part_size=settings.max_body_bytes,
-        )
-        for key, value in form.multi_items():
-            if isinstance(value, UploadFile):
-                if key != image_field:
-                    raise APIError(422, "invalid_request", f"unexpected file field {key!r}")
-                payload.images.append(await value.read())
-            else:
-                payload.lists.setdefault(key, []).append(value)
-                payload.fields[key] = value
+        ) as form:
+            for key, value in form.multi_items():
+                if isinstance(value, UploadFile):
+                    if key != image_field:
+                        raise APIError(422, "invalid_request", f"unexpected file field {key!r}")
+                    payload.images.append(await value.read())
+                else:
+                    payload.lists.setdefault(key, []).append(value)
+                    payload.fields[key] = value
         return payload
     if ctype == JSON:
         try:
