@@ -83,7 +83,8 @@ async def read_payload(request: Request, settings: Settings, image_field: str) -
     )
 
 
-def _number(value: Any, name: str, kind: type) -> Any:
+def parse_number(value: Any, name: str, kind: type) -> Any:
+    """A query or body field as ``kind`` (int or float); None when absent; 422 otherwise."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -102,8 +103,10 @@ def depth_or_budget(
 ) -> tuple[int | None, float | None]:
     """``exit_depth`` or ``budget_ms`` from the query string or the body; never both."""
     q = request.query_params
-    exit_depth = _number(q.get("exit_depth", payload.fields.get("exit_depth")), "exit_depth", int)
-    budget = _number(q.get("budget_ms", payload.fields.get("budget_ms")), "budget_ms", float)
+    exit_depth = parse_number(
+        q.get("exit_depth", payload.fields.get("exit_depth")), "exit_depth", int
+    )
+    budget = parse_number(q.get("budget_ms", payload.fields.get("budget_ms")), "budget_ms", float)
     if exit_depth is not None and budget is not None:
         raise APIError(422, "invalid_request", "give exit_depth or budget_ms, not both")
     if exit_depth is not None and exit_depth not in runtime.exit_depths:
@@ -118,7 +121,8 @@ def depth_or_budget(
 
 
 async def prepare_images(images: list[bytes], runtime: Runtime, settings: Settings) -> np.ndarray:
-    """Decode and resize every image (off the event loop): uint8 ``[N, S, S, 3]``."""
+    """Decode and resize every image (small ones inline, large ones off the event loop):
+    uint8 ``[N, S, S, 3]``."""
     if not images:
         raise APIError(422, "no_images", "send at least one image")
     if len(images) > settings.max_images:

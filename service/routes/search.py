@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from service.deps import MetricsDep, RuntimeDep, SettingsDep
 from service.errors import APIError
 from service.routes.common import (
-    _number,
+    parse_number,
     depth_or_budget,
     plan,
     prepare_images,
@@ -68,7 +68,7 @@ async def search(
 ) -> JSONResponse:
     payload = await read_payload(request, settings, "image")
     exit_depth, budget = depth_or_budget(request, payload, runtime)
-    k = _number(request.query_params.get("k", payload.fields.get("k")), "k", int)
+    k = parse_number(request.query_params.get("k", payload.fields.get("k")), "k", int)
     k = 10 if k is None else k
     if not 1 <= k <= 1000:
         raise APIError(422, "invalid_k", "k must be between 1 and 1000")
