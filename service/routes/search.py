@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from service.deps import MetricsDep, RuntimeDep, SettingsDep
 from service.errors import APIError
 from service.routes.common import (
-    parse_number,
     depth_or_budget,
+    parse_number,
     plan,
     prepare_images,
     read_payload,
