@@ -49,6 +49,8 @@ def run_level(url, concurrency, seconds, pngs, lo, hi, costs, depths, seed):
     r = closed_loop(url, concurrency, seconds, pngs, lambda i: {"budget_ms": float(budgets[i])},
                     keep_bodies=True)  # fmt: skip
     inside = [b["timing"]["elapsed_ms"] <= b["timing"]["budget_ms"] for b in r.bodies]
+    predicted_fit = [b["timing"]["predicted_ms"] <= b["timing"]["budget_ms"] for b in r.bodies]
+    planner_error = [f and not i for f, i in zip(predicted_fit, inside, strict=True)]
     met = [bool(b["timing"]["budget_met"]) for b in r.bodies]
     served = [b["exit_depth"] for b in r.bodies]
     oracle = [oracle_depth(b, costs, depths) for b in r.bodies]
@@ -58,6 +60,8 @@ def run_level(url, concurrency, seconds, pngs, lo, hi, costs, depths, seed):
         "errors": r.errors,
         "rps": r.rps,
         "inside_budget": float(np.mean(inside)),
+        "planner_error": float(np.mean(planner_error)),  # predicted to fit, then missed
+        "no_depth_fits": float(np.mean([not f for f in predicted_fit])),
         "budget_met_flag": float(np.mean(met)),
         "mean_depth": float(np.mean(served)),
         "oracle_depth": float(np.mean(oracle)),
@@ -98,12 +102,14 @@ def main() -> dict:
         f"machine: {machine()}; budgets uniform in [{lo:.2f}, {hi:.2f}] ms = [cost(1), "
         f"2 x cost({depths[-1]})], cost: median server-side elapsed at concurrency 8"
     )
-    print("\n| concurrency | requests | errors | inside budget | budget_met | mean depth | "
-          "oracle depth | depth/oracle | p99 ms |")  # fmt: skip
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n| concurrency | requests | errors | inside budget | missed though predicted to fit "
+          "| no depth predicted to fit | budget_met | mean depth | oracle depth | depth/oracle "
+          "| p99 ms |")  # fmt: skip
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for lv in levels:
         print(f"| {lv['concurrency']} | {lv['requests']} | {lv['errors']} | "
-              f"{100 * lv['inside_budget']:.1f} % | {100 * lv['budget_met_flag']:.1f} % | "
+              f"{100 * lv['inside_budget']:.1f} % | {100 * lv['planner_error']:.1f} % | "
+              f"{100 * lv['no_depth_fits']:.1f} % | {100 * lv['budget_met_flag']:.1f} % | "
               f"{lv['mean_depth']:.2f} | {lv['oracle_depth']:.2f} | {lv['depth_vs_oracle']:.2f} | "
               f"{lv['p99_ms']:.1f} |")  # fmt: skip
     if args.json:
