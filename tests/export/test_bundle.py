@@ -19,6 +19,7 @@ from export.errors import BundleError, ExportError
 from export.manifest import INPUT_NAME, MANIFEST, Manifest, bundle_id
 from export.parity import onnx_session
 from export.verify import verify_bundle
+from service.images import resize_center_crop
 from training.augment import eval_geometry
 from training.checkpoint import load_backbone
 from training.data import load_splits
@@ -26,13 +27,17 @@ from training.exits import exit_embeddings
 
 
 def real_images(cfg) -> np.ndarray:
-    """mnist5k digits and scikit-image photos, brought to S×S by evaluation's geometry."""
-    geometry = eval_geometry(cfg.model.img_size, cfg.data)
+    """mnist5k digits and scikit-image photos, brought to S×S by the service's own intake
+    (tests/service/test_images.py proves it equals evaluation's torchvision transform)."""
+    s = cfg.model.img_size
+    resize = round(s / cfg.data.eval_crop_ratio)
     test = load_splits("mnist5k", 0.2).test
     imgs = [test.image(i) for i in range(0, 1000, 97)]
     imgs += [Image.fromarray(skdata.astronaut()), Image.fromarray(skdata.coffee())]
     imgs += [Image.fromarray(skdata.camera()).convert("RGB")]
-    return np.stack([np.asarray(geometry(im)) for im in imgs])
+    rows = [resize_center_crop(im, resize, s, cfg.data.interpolation, 10**8) for im in imgs]
+    assert np.array_equal(rows[0], np.asarray(eval_geometry(s, cfg.data)(imgs[0])))
+    return np.stack(rows)
 
 
 def torch_reference(ckpt, images: np.ndarray) -> np.ndarray:
