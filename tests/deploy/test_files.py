@@ -107,6 +107,19 @@ def test_image_requirements_are_pinned_to_the_tested_versions() -> None:
     assert "onnxruntime-gpu" in gpu and "faiss-gpu" in gpu and "\nfaiss-cpu" not in gpu
 
 
+def test_build_context_leaves_out_the_heavy_folders() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert {".venv", "artifacts", "runs", ".git", ".env"} <= set(ignored)
+    for dockerfile in (ROOT / "docker").glob("*.Dockerfile"):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("COPY") and "--from" not in line:
+                for src in line.split()[1:-1]:
+                    if src.startswith("--"):
+                        continue
+                    top = src.split("/")[0]
+                    assert top not in ignored, f"{dockerfile.name} copies ignored {src}"
+
+
 def test_serving_image_carries_no_torch() -> None:
     reqs = (ROOT / "docker" / "requirements-serve.txt").read_text()
     assert not re.search(r"^(torch|timm|torchvision)==", reqs, re.M)
