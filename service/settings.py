@@ -61,6 +61,17 @@ class Settings(BaseSettings):
             return None
         return v
 
+    @field_validator("index_factory")
+    @classmethod
+    def _known_factory(cls, v: str) -> str:
+        import faiss
+
+        try:
+            faiss.index_factory(768, v, faiss.METRIC_INNER_PRODUCT)  # 768: most PQ splits
+        except RuntimeError as exc:
+            raise ValueError(f"FAISS cannot build {v!r}") from exc
+        return v
+
     def warmup_batch_sizes(self) -> list[int]:
         """Powers of two up to max_batch, and max_batch itself: the latency table's columns."""
         sizes, b = [], 1

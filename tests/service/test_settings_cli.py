@@ -34,6 +34,8 @@ def test_bad_settings_fail_fast(repo_root, tiny_bundle) -> None:
     assert res.returncode == 2 and res.stderr.startswith("error: max_batch")
     res = run(["--bundle", str(tiny_bundle), "--device", "tpu"], repo_root)
     assert res.returncode == 2 and "device" in res.stderr
+    res = run(["--bundle", str(tiny_bundle), "--index-factory", "Bogus"], repo_root)
+    assert res.returncode == 2 and "FAISS cannot build 'Bogus'" in res.stderr
     res = run(["--bundle", "/no/such/bundle"], repo_root)
     assert res.returncode == 2
     assert res.stderr.strip() == (
