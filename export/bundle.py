@@ -7,6 +7,8 @@ interrupted or failed export leaves nothing that looks like a bundle.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -51,8 +53,6 @@ EXPORTERS = ("legacy", "dynamo")
 
 def checkpoint_sha256(ckpt_dir: Path) -> str:
     """Identity of a checkpoint: sha256 over its weights' and config's sha256s."""
-    import hashlib
-
     parts = [file_sha256(ckpt_dir / WEIGHTS), file_sha256(ckpt_dir / CONFIG)]
     return hashlib.sha256("".join(parts).encode()).hexdigest()
 
@@ -113,8 +113,6 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _metrics(ckpt_dir: Path) -> dict[int, tuple[float | None, float | None]]:
-    import json
-
     path = ckpt_dir / METRICS
     if not path.is_file():
         return {}

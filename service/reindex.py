@@ -71,10 +71,9 @@ def reindex(
         settings.snapshot_every,
     )
     p = manifest.preprocess
-    todo = [(path, i, m) for path, i, m in iter_sources(sources) if index.get(i) is None]
-    counts = {"indexed": 0, "skipped_existing": 0, "failed": 0}
-    total = sum(1 for _ in iter_sources(sources))
-    counts["skipped_existing"] = total - len(todo)
+    found = list(iter_sources(sources))  # walk the sources once
+    todo = [(path, i, m) for path, i, m in found if index.get(i) is None]
+    counts = {"indexed": 0, "skipped_existing": len(found) - len(todo), "failed": 0}
     started = time.perf_counter()
     try:
         for start in range(0, len(todo), batch_size):

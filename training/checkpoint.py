@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
 
 from training.backbone import build_backbone
@@ -96,9 +96,9 @@ def _read_weights(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], str]:
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir} is not a checkpoint: {WEIGHTS} missing")
     try:
-        tensors = load_file(str(path))
-        with safe_open(str(path), framework="pt") as fh:
+        with safe_open(str(path), framework="pt") as fh:  # one read: tensors and metadata
             contents = (fh.metadata() or {}).get(CONTENTS_KEY, "full")
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 - not a dict
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt: {exc}") from exc
     return {k: v.float() for k, v in tensors.items()}, contents
