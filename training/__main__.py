@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--runs", type=Path, default=Path("runs/compare"), help="checkpoints go here")
     p.add_argument("--results", type=Path, default=Path("docs/results"), help="report folder")
+    p.add_argument(
+        "--tag", help="suffix of the report's name: <dataset>-<method>-<tag> (e.g. default)"
+    )
 
     p = sub.add_parser(
         "init",
@@ -146,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, [*args.overrides, f"train.method={args.method}"])
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        md = run_comparison(cfg, seeds, args.runs, args.results)
+        md = run_comparison(cfg, seeds, args.runs, args.results, args.tag)
         print(md.read_text())
         return 0
     if args.command == "init":

@@ -38,6 +38,19 @@ def _variant_config(cfg: Config, variant: str, seed: int) -> Config:
     return c
 
 
+# Keys that change how a run executes, not what it learns: a cached score stays valid across them.
+_EXECUTION_KEYS = {"train": ("threads", "log_every"), "data": ("num_workers",)}
+
+
+def cache_identity(cfg: Config) -> dict[str, Any]:
+    """The config as a cached run stores it (JSON form: tuples are lists), less execution keys."""
+    raw = json.loads(json.dumps(cfg.to_dict()))
+    for section, keys in _EXECUTION_KEYS.items():
+        for key in keys:
+            raw[section].pop(key, None)
+    return raw
+
+
 def _finished(run_dir: Path) -> bool:
     if not (run_dir / STATE).is_file():
         return False
@@ -70,13 +83,24 @@ def _fmt(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
 
 
-def run_comparison(cfg: Config, seeds: list[int], runs_dir: Path, results_dir: Path) -> Path:
-    """Train and score every (variant, seed); write the markdown + JSON report; return the md."""
-    method, dataset = cfg.train.method, cfg.data.dataset
+def report_stem(cfg: Config, tag: str | None = None) -> str:
+    """``<dataset>-<method>[-<tag>]``: the report's file stem and its cache folder's name."""
+    stem = f"{cfg.data.dataset.replace(':', '_').replace('/', '_')}-{cfg.train.method}"
+    return f"{stem}-{tag}" if tag else stem
+
+
+def run_comparison(
+    cfg: Config, seeds: list[int], runs_dir: Path, results_dir: Path, tag: str | None = None
+) -> Path:
+    """Train and score every (variant, seed); write the markdown + JSON report; return the md.
+
+    A (variant, seed) whose cached score was made with the same config (``cache_identity``) is
+    not trained again."""
+    dataset = cfg.data.dataset
     started = time.time()
     scores: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     train_wall = 0.0
-    stem = f"{dataset.replace(':', '_').replace('/', '_')}-{method}"
+    stem = report_stem(cfg, tag)
     # Per-run scores are kept beside the report (small, committed), so a comparison that spans
     # sessions never retrains a run it has already scored.
     cache_dir = results_dir / "runs" / stem
@@ -86,7 +110,7 @@ def run_comparison(cfg: Config, seeds: list[int], runs_dir: Path, results_dir: P
             cached = cache_dir / f"{variant}-s{seed}.json"
             if cached.is_file():
                 result = json.loads(cached.read_text())
-                if result.get("config") == c.to_dict():
+                if cache_identity(Config.from_dict(result["config"])) == cache_identity(c):
                     scores[variant].append(result)
                     train_wall += result.get("train_wall_s", 0.0)
                     continue
