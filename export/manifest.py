@@ -7,11 +7,20 @@ sha256 of its manifest file.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -19,6 +28,11 @@ MANIFEST_DIGEST = "manifest.sha256"  # sha256 of manifest.json, written last: ed
 INPUT_NAME = "images"  # uint8 [N, S, S, 3] RGB
 EXIT_OUTPUT = "embedding"  # float32 [N, D], L2-normalised
 ALL_EXITS_OUTPUT = "embeddings"  # float32 [L, N, D]
+# A graph's file is a bare name inside the bundle: no folders, no "..", no absolute paths.
+GRAPH_FILE = r"^[A-Za-z0-9][A-Za-z0-9._-]*\.onnx$"
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_DIGEST_BYTES = 1 << 10
+MAX_GRAPH_BYTES = 2 << 30  # protobuf's limit for a graph without external data
 
 
 class _Strict(BaseModel):
@@ -51,7 +65,7 @@ class Preprocess(_Strict):
 
 class ExitEntry(_Strict):
     exit_depth: int = Field(gt=0)
-    file: str
+    file: str = Field(pattern=GRAPH_FILE)
     dim: int = Field(gt=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     knn_top1: float | None = Field(default=None, ge=0.0, le=1.0)
@@ -59,7 +73,7 @@ class ExitEntry(_Strict):
 
 
 class AllExitsEntry(_Strict):
-    file: str
+    file: str = Field(pattern=GRAPH_FILE)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
@@ -131,39 +145,52 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def bundle_id(bundle: Path) -> str:
-    """A bundle's identity: the sha256 of its manifest file."""
-    return file_sha256(bundle / MANIFEST)
-
-
 class BundleIntegrityError(ValueError):
-    """A bundle that is missing, incomplete, or changed since export (one-line reason)."""
+    """A bundle that is missing, incomplete, or changed since export. The one-line reason names
+    files by their name inside the bundle, never by a path outside it."""
+
+
+def _regular_file(bundle: Path, name: str, max_bytes: int) -> Path:
+    """``bundle/name`` if it is a regular file (not a link, device or fifo) of at most
+    ``max_bytes``; BundleIntegrityError otherwise. Only such files are read or hashed."""
+    path = bundle / name
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise BundleIntegrityError(f"{name} missing") from None
+    except OSError:
+        raise BundleIntegrityError(f"{name} cannot be read") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise BundleIntegrityError(f"{name} is a symbolic link; bundles hold regular files only")
+    if not stat.S_ISREG(st.st_mode):
+        raise BundleIntegrityError(f"{name} is not a regular file")
+    if st.st_size > max_bytes:
+        raise BundleIntegrityError(f"{name} is larger than {max_bytes} bytes")
+    return path
+
+
+def bundle_id(bundle: Path) -> str:
+    """A bundle's identity: the sha256 of its manifest file (a regular file of at most 1 MiB)."""
+    return file_sha256(_regular_file(bundle, MANIFEST, MAX_MANIFEST_BYTES))
 
 
 def load_verified(bundle: Path) -> Manifest:
     """The manifest of an intact bundle: digest sidecar and every graph's sha256 checked."""
     if not bundle.is_dir():
-        raise BundleIntegrityError(f"bundle not found: {bundle}")
-    path = bundle / MANIFEST
-    if not path.is_file():
-        raise BundleIntegrityError(f"{bundle} is not a bundle: {MANIFEST} missing")
-    digest = bundle / MANIFEST_DIGEST
-    if not digest.is_file():
-        raise BundleIntegrityError(f"{bundle}: {MANIFEST_DIGEST} missing")
-    if digest.read_text().strip() != file_sha256(path):
-        raise BundleIntegrityError(
-            f"{bundle}: {MANIFEST} was modified after export (sha256 mismatch)"
-        )
+        raise BundleIntegrityError("not a directory")
+    path = _regular_file(bundle, MANIFEST, MAX_MANIFEST_BYTES)
+    digest = _regular_file(bundle, MANIFEST_DIGEST, MAX_DIGEST_BYTES)
+    if digest.read_text(errors="replace").strip() != file_sha256(path):
+        raise BundleIntegrityError(f"{MANIFEST} was modified after export (sha256 mismatch)")
     try:
         manifest = Manifest.model_validate_json(path.read_bytes())
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise BundleIntegrityError(f"{path}: invalid manifest: {exc}".splitlines()[0]) from exc
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise BundleIntegrityError(f"invalid {MANIFEST}: {where}: {err['msg']}") from exc
     entries = [(e.file, e.sha256) for e in manifest.exits]
     entries.append((manifest.all_exits.file, manifest.all_exits.sha256))
     for name, expected in entries:
-        graph = bundle / name
-        if not graph.is_file():
-            raise BundleIntegrityError(f"{bundle}: graph {name} missing")
-        if file_sha256(graph) != expected:
-            raise BundleIntegrityError(f"{bundle}: {name} sha256 mismatch (corrupt or replaced)")
+        if file_sha256(_regular_file(bundle, name, MAX_GRAPH_BYTES)) != expected:
+            raise BundleIntegrityError(f"{name} sha256 mismatch (corrupt or replaced)")
     return manifest

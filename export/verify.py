@@ -16,7 +16,7 @@ def read_manifest(bundle: Path) -> Manifest:
     try:
         return load_verified(bundle)
     except BundleIntegrityError as exc:
-        raise BundleError(str(exc)) from exc
+        raise BundleError(f"{bundle}: {exc}") from exc
 
 
 def verify_bundle(bundle: Path, batch: int = 4) -> Manifest:

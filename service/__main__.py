@@ -12,6 +12,7 @@ from pydantic import ValidationError
 
 from export.manifest import BundleIntegrityError, load_verified
 from service.app import create_app
+from service.http_timeouts import protocol_class
 from service.settings import Settings
 
 
@@ -47,18 +48,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         load_verified(settings.bundle)
     except BundleIntegrityError as exc:
-        print(f"error: {exc} (export one with `make export`)", file=sys.stderr)
+        print(f"error: {settings.bundle}: {exc} (export one with `make export`)", file=sys.stderr)
         return 2
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        timeout_graceful_shutdown=10,
+    app = create_app(settings)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            timeout_graceful_shutdown=10,
+            http=protocol_class(settings.header_timeout_s, settings.body_timeout_s),
+        )
     )
+    app.state.stop_serving = lambda: setattr(server, "should_exit", True)
+    server.run()
+    if app.state.refused is not None:  # e.g. another writer holds the bundle's index
+        print(f"error: {app.state.refused}", file=sys.stderr)
+        return 3
     return 0
 
 

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from service.decoding import DecodePool
 from service.errors import install_handlers
+from service.index import WriterLockHeld
 from service.metrics import Metrics
 from service.middleware import IntakeMiddleware
 from service.routes import admin, embeddings, health, items, model, search
@@ -40,6 +44,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings, settings.bundle, app.state.metrics
                 )
                 log.info("ready: serving %s", settings.bundle)
+            except WriterLockHeld as exc:  # waiting would not help: refuse to run at all
+                app.state.refused = str(exc)
+                log.error("refusing to start: %s", exc)
+                app.state.stop_serving()
             except Exception as exc:
                 app.state.load_error = str(exc)
                 log.error("cannot load bundle %s: %s", settings.bundle, exc)
@@ -52,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runtime = app.state.holder.current
         if runtime is not None:
             await runtime.close()
+        app.state.decoder.close()
 
     app = FastAPI(
         title="SDSSL early-exit embedding service",
@@ -63,7 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.holder = RuntimeHolder()
     app.state.load_error = None
+    app.state.refused = None  # a reason the process must not serve at all
+    app.state.stop_serving = lambda: os.kill(os.getpid(), signal.SIGTERM)  # main() sets its own
     app.state.background = set()
+    app.state.decoder = DecodePool(settings, app.state.metrics)
     install_handlers(app)
     for router in (embeddings, search, items, model, admin, health):
         app.include_router(router.router)

@@ -1,4 +1,4 @@
-"""Typed dependencies: settings, metrics, the current runtime, the API-key check.
+"""Typed dependencies: settings, metrics, the decode pool, the current runtime, the API-key check.
 
 All are ``async def``: FastAPI runs plain ``def`` dependencies in a thread pool, a thread hop per
 dependency per request that showed up in profiles of the request path.
@@ -12,6 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.decoding import DecodePool
 from service.errors import APIError
 from service.metrics import Metrics
 from service.runtime import Runtime, RuntimeHolder
@@ -24,6 +25,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
+
+
+async def get_decoder(request: Request) -> DecodePool:
+    return request.app.state.decoder
 
 
 async def get_holder(request: Request) -> RuntimeHolder:
@@ -60,5 +65,6 @@ async def require_api_key(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 HolderDep = Annotated[RuntimeHolder, Depends(get_holder)]
+DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 AuthDep = Annotated[None, Depends(require_api_key)]

@@ -1,11 +1,17 @@
-"""API errors: every failure is JSON ``{"error": {"code": str, "message": str}}``."""
+"""API errors: every failure is JSON ``{"error": {"code": str, "message": str}}`` — including
+the unexpected ones, which are logged with their traceback and answered without details."""
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import logging
+
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+log = logging.getLogger(__name__)
 
 
 class APIError(Exception):
@@ -16,6 +22,14 @@ class APIError(Exception):
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+class StorageError(RuntimeError):
+    """A write that cannot be made durable (503; 507 when ``full``): never acknowledged."""
+
+    def __init__(self, message: str, full: bool = False) -> None:
+        super().__init__(message)
+        self.full = full
 
 
 def error_body(code: str, message: str) -> dict:
@@ -31,7 +45,26 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 
 def install_handlers(app: FastAPI) -> None:
-    """Map APIError, validation errors and Starlette HTTP errors onto the JSON error shape."""
+    """Map APIError, validation, storage and Starlette HTTP errors — and anything unexpected —
+    onto the JSON error shape."""
+
+    @app.exception_handler(StorageError)
+    async def _storage(_: Request, exc: StorageError) -> JSONResponse:
+        # 507 when space ran out, else 503: either way nothing was acknowledged.
+        status, code = (507, "storage_full") if exc.full else (503, "storage_unavailable")
+        log.error("write refused: %s", exc)
+        body = error_body(code, f"the write was not made durable: {exc}")
+        return JSONResponse(body, status, headers={"Retry-After": "30"})
+
+    @app.exception_handler(ClientDisconnect)
+    async def _gone(_: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=499)  # nobody is listening; keeps the log quiet
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        body = error_body("internal_error", "an unexpected error occurred; it has been logged")
+        return JSONResponse(body, 500)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -43,7 +76,9 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = getattr(exc, "code", None) or {404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
         return JSONResponse(
             error_body(code, str(exc.detail)),
             exc.status_code,

@@ -22,35 +22,61 @@ RESAMPLE = {
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
 
-def decode(data: bytes, max_pixels: int) -> Image.Image:
-    """Decode an allowed format into an upright RGB image; APIError (4xx) on anything else."""
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    """Read only the header: an allowed format within the pixel cap, or APIError (4xx)."""
     if not data:
         raise APIError(400, "empty_image", "image is empty (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format
-            if fmt not in ALLOWED_FORMATS:
-                allowed = ", ".join(sorted(ALLOWED_FORMATS))
-                raise APIError(
-                    415, "unsupported_format", f"{fmt} images are not accepted ({allowed})"
-                )
-            w, h = img.size
-            if w < 1 or h < 1 or w * h > max_pixels:
-                raise APIError(
-                    413, "image_too_large", f"image is {w}x{h} pixels; the limit is {max_pixels}"
-                )
-            img.seek(0)  # GIF/WebP: first frame
-            img.load()
-    except APIError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise APIError(413, "image_too_large", f"decompression bomb refused: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise APIError(400, "not_an_image", "bytes are not a recognised image") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise APIError(400, "corrupt_image", f"cannot decode image: {exc}") from exc
+    img = Image.open(io.BytesIO(data))
+    fmt = img.format
+    if fmt not in ALLOWED_FORMATS:
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        raise APIError(415, "unsupported_format", f"{fmt} images are not accepted ({allowed})")
+    w, h = img.size
+    if w < 1 or h < 1 or w * h > max_pixels:
+        raise APIError(
+            413, "image_too_large", f"image is {w}x{h} pixels; the limit is {max_pixels}"
+        )
+    return img
+
+
+def _errors_as_api(fn):
+    """Pillow's ways of saying 'bad image' as 4xx APIErrors."""
+
+    def wrapper(data: bytes, max_pixels: int):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                return fn(data, max_pixels)
+        except APIError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise APIError(413, "image_too_large", f"decompression bomb refused: {exc}") from exc
+        except UnidentifiedImageError as exc:
+            raise APIError(400, "not_an_image", "bytes are not a recognised image") from exc
+        except (OSError, SyntaxError, ValueError, EOFError) as exc:
+            raise APIError(400, "corrupt_image", f"cannot decode image: {exc}") from exc
+
+    return wrapper
+
+
+@_errors_as_api
+def pixels(data: bytes, max_pixels: int) -> int:
+    """Pixels an image declares (header only: no decoding); APIError (4xx) if it is refused."""
+    w, h = _open_checked(data, max_pixels).size
+    return w * h
+
+
+@_errors_as_api
+def _decode(data: bytes, max_pixels: int) -> Image.Image:
+    img = _open_checked(data, max_pixels)
+    img.seek(0)  # GIF/WebP: first frame
+    img.load()
+    return img
+
+
+def decode(data: bytes, max_pixels: int) -> Image.Image:
+    """Decode an allowed format into an upright RGB image; APIError (4xx) on anything else."""
+    img = _decode(data, max_pixels)
     with contextlib.suppress(Exception):  # a malformed EXIF block must not reject the image
         img = ImageOps.exif_transpose(img)
     return to_rgb(img)

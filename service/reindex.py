@@ -5,7 +5,7 @@ folder's name as ``label`` and the path) or text files listing ``path[<TAB>id]``
 Items already in the index are skipped, so an interrupted run resumes where it stopped. Each
 batch is embedded once with the all-exits graph and committed before the next starts.
 Run it against a bundle that no server is serving at the same moment (e.g. a new bundle,
-before ``POST /v1/admin/reload``).
+before ``POST /v1/admin/reload``): the index's writer lock refuses it otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from export.manifest import BundleIntegrityError, bundle_id, load_verified
 from service.engine import ALL_EXITS, Engine
 from service.errors import APIError
 from service.images import prepare
-from service.index import IndexMismatch, ItemIndex
+from service.index import IndexMismatch, StorageError, WriterLockHeld, open_index
 from service.settings import Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -60,16 +60,13 @@ def reindex(
     """Embed and upsert every image not yet indexed; returns counts."""
     settings = settings or Settings()
     manifest = load_verified(bundle)
-    bid = bundle_id(bundle)
-    engine = Engine(bundle, manifest, settings.device, settings.threads)
-    index = ItemIndex(
-        data_dir / bid,
-        bid,
-        list(range(1, manifest.model.depth + 1)),
-        manifest.model.dim,
-        settings.index_factory,
-        settings.snapshot_every,
-    )
+    here = settings.model_copy(update={"data_dir": data_dir})
+    index = open_index(here, manifest, bundle_id(bundle))
+    try:
+        engine = Engine(bundle, manifest, settings.device, settings.threads)
+    except BaseException:
+        index.close()
+        raise
     p = manifest.preprocess
     found = list(iter_sources(sources))  # walk the sources once
     todo = [(path, i, m) for path, i, m in found if index.get(i) is None]
@@ -161,7 +158,10 @@ def main(argv: list[str] | None = None) -> int:
             settings,
             progress=not args.quiet,
         )
-    except (BundleIntegrityError, IndexMismatch, FileNotFoundError) as exc:
+    except BundleIntegrityError as exc:
+        print(f"error: {args.bundle}: {exc}", file=sys.stderr)
+        return 2
+    except (IndexMismatch, WriterLockHeld, StorageError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(

@@ -19,7 +19,7 @@ import numpy as np
 from export.manifest import Manifest, bundle_id, load_verified
 from service.batcher import Batcher, BatchRecord
 from service.engine import ALL_EXITS, Engine
-from service.index import ItemIndex
+from service.index import ItemIndex, open_index
 from service.metrics import Metrics
 from service.planner import LatencyModel
 from service.settings import Settings
@@ -96,35 +96,37 @@ def _warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: in
 
 
 def _build(
-    settings: Settings, bundle: Path, index: ItemIndex | None
+    settings: Settings, bundle: Path, current: Runtime | None
 ) -> tuple[Manifest, str, Engine, LatencyModel, ItemIndex]:
     manifest = load_verified(bundle)
     bid = bundle_id(bundle)
-    engine = Engine(bundle, manifest, settings.device, settings.threads)
-    latency = LatencyModel([*manifest.exit_depths, ALL_EXITS], settings.warmup_batch_sizes())
-    started = time.perf_counter()
-    _warm_up(engine, latency, settings, manifest.model.img_size)
+    # A reload of the bundle being served shares its open index; otherwise the index opens
+    # first, so that its writer lock refuses a second writer before any warm-up is spent.
+    index = current.index if current is not None and current.bundle_id == bid else None
+    own_index = index is None
+    if own_index:
+        index = open_index(settings, manifest, bid, use_gpu=settings.device != "cpu")
+    try:
+        engine = Engine(bundle, manifest, settings.device, settings.threads)
+        latency = LatencyModel([*manifest.exit_depths, ALL_EXITS], settings.warmup_batch_sizes())
+        started = time.perf_counter()
+        _warm_up(engine, latency, settings, manifest.model.img_size)
+    except BaseException:
+        if own_index:
+            index.close()
+        raise
     log.info("warm-up of %d graphs: %.1f s", len(manifest.exits) + 1, time.perf_counter() - started)
-    if index is not None:
-        return manifest, bid, engine, latency, index
-    index = ItemIndex(
-        settings.data_dir / bid,
-        bid,
-        list(range(1, manifest.model.depth + 1)),
-        manifest.model.dim,
-        settings.index_factory,
-        settings.snapshot_every,
-        use_gpu=engine.device == "cuda",
-    )
     return manifest, bid, engine, latency, index
 
 
 async def load_runtime(
-    settings: Settings, bundle: Path, metrics: Metrics, index: ItemIndex | None = None
+    settings: Settings, bundle: Path, metrics: Metrics, current: Runtime | None = None
 ) -> Runtime:
-    """Verify, load and warm a bundle and open its indexes (or reuse ``index``: same bundle),
-    the blocking parts off the event loop."""
-    manifest, bid, engine, latency, index = await asyncio.to_thread(_build, settings, bundle, index)
+    """Verify, load and warm a bundle and open its indexes (or share ``current``'s when it is
+    the same bundle), every blocking part — hashing included — off the event loop."""
+    manifest, bid, engine, latency, index = await asyncio.to_thread(
+        _build, settings, bundle, current
+    )
 
     def on_batch(rec: BatchRecord) -> None:
         label = "all" if rec.key == ALL_EXITS else str(rec.key)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +38,36 @@ class Settings(BaseSettings):
         40_000_000, ge=1, description="pixel cap per image, before and after resizing (413)"
     )
     max_images: int = Field(64, ge=1, description="images per request (413 above it)")
+    max_request_pixels: int = Field(
+        120_000_000, ge=1, description="pixels of all images of one request together (413)"
+    )
+    decode_threads: int = Field(
+        0, ge=0, description="threads that decode images (0: half the cores, at least 1)"
+    )
+    decode_queue_pixels: int = Field(
+        240_000_000,
+        ge=1,
+        description="pixels being decoded or waiting to be, over all requests, before new "
+        "image requests get 503 + Retry-After",
+    )
+    max_metadata_bytes: int = Field(
+        16384, ge=2, description="an item's metadata, as compact UTF-8 JSON (422 above it)"
+    )
+    max_metadata_depth: int = Field(
+        16, ge=1, description="nesting of objects and arrays in an item's metadata (422 above it)"
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's headers must arrive within this (else closed)"
+    )
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="a request's body must arrive within this after its headers (408)"
+    )
+    min_free_bytes: int = Field(
+        64 * 2**20,
+        ge=0,
+        description="free space the data dir's filesystem must keep: below it writes get 507 "
+        "and /readyz 503",
+    )
     index_factory: str = Field(
         "Flat", description="FAISS factory string for new indexes (inner product metric)"
     )
@@ -71,6 +101,15 @@ class Settings(BaseSettings):
         except RuntimeError as exc:
             raise ValueError(f"FAISS cannot build {v!r}") from exc
         return v
+
+    @model_validator(mode="after")
+    def _admissible(self) -> Settings:
+        if self.decode_queue_pixels < self.max_request_pixels:
+            raise ValueError(
+                "decode_queue_pixels must be >= max_request_pixels, or no full-size request "
+                "could ever be decoded"
+            )
+        return self
 
     def warmup_batch_sizes(self) -> list[int]:
         """Powers of two up to max_batch, and max_batch itself: the latency table's columns."""

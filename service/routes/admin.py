@@ -8,13 +8,27 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 
+from export.manifest import BundleIntegrityError
 from service.deps import AuthDep, HolderDep, MetricsDep, SettingsDep
-from service.errors import APIError
+from service.errors import APIError, StorageError
+from service.index import IndexMismatch, WriterLockHeld
 from service.runtime import load_runtime
 from service.schemas import ERRORS, ReloadIn, ReloadOut
 
 router = APIRouter(tags=["admin"])
 log = logging.getLogger(__name__)
+
+
+def _reason(exc: Exception) -> str:
+    """What the client may know: the bundle's own problem, never paths or errno text of the
+    server's filesystem (those go to the log)."""
+    if isinstance(exc, BundleIntegrityError | IndexMismatch):
+        return str(exc)
+    if isinstance(exc, WriterLockHeld):
+        return f"its index is held by another writer (pid {exc.pid})"
+    if isinstance(exc, StorageError):
+        return str(exc)
+    return f"it could not be loaded ({type(exc).__name__}; details in the server log)"
 
 
 @router.post(
@@ -34,17 +48,13 @@ async def reload(
     async with holder.reload_lock:
         old = holder.current
         path = Path(body.bundle)
-        shared_index = None
         try:
-            from export.manifest import bundle_id
-
-            same = old is not None and path.is_dir() and bundle_id(path) == old.bundle_id
-            shared_index = old.index if same else None
-            new = await load_runtime(settings, path, metrics, index=shared_index)
+            new = await load_runtime(settings, path, metrics, current=old)
         except Exception as exc:  # whatever failed, the old bundle keeps serving
             metrics.reloads.labels("failed").inc()
-            log.warning("reload of %s failed: %s", path, exc)
-            raise APIError(409, "reload_failed", f"{path}: {exc}") from exc
+            log.warning("reload of %s failed: %r", path, exc)
+            raise APIError(409, "reload_failed", f"bundle refused: {_reason(exc)}") from exc
+        same = old is not None and new.index is old.index
         holder.current = new
         metrics.reloads.labels("ok").inc()
         if old is not None:

@@ -1,32 +1,29 @@
 """What every inference route shares: reading images from multipart or base64 JSON, choosing
-the exit depth (explicit, or from a latency budget), and the timing block of the response."""
+the exit depth (explicit, or from a latency budget), and the timing block of the response.
+Decoding the images is :mod:`service.decoding`'s."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from service.batcher import Overloaded
 from service.errors import APIError
-from service.images import prepare
+from service.jsonio import loads_strict
 from service.metrics import Metrics
 from service.planner import choose_depth, predict_ms
 from service.runtime import Runtime
 from service.settings import Settings
 
 MULTIPART = "multipart/form-data"
-INLINE_DECODE_BYTES = 64 * 1024  # up to this much image data is decoded on the event loop
 JSON = "application/json"
 
 
@@ -37,12 +34,13 @@ class Payload:
     images: list[bytes] = field(default_factory=list)
     fields: dict[str, Any] = field(default_factory=dict)
     lists: dict[str, list[str]] = field(default_factory=dict)
+    multipart: bool = False  # fields are text (multipart) rather than parsed JSON values
 
 
 async def read_payload(request: Request, settings: Settings, image_field: str) -> Payload:
     """Parse multipart (files under ``image_field``) or JSON (base64 strings) into a Payload."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    payload = Payload()
+    payload = Payload(multipart=ctype == MULTIPART)
     if ctype == MULTIPART:
         async with request.form(  # the context closes the uploads' spooled temp files
             max_files=settings.max_images + 1,
@@ -59,10 +57,7 @@ async def read_payload(request: Request, settings: Settings, image_field: str) -
                     payload.fields[key] = value
         return payload
     if ctype == JSON:
-        try:
-            body = json.loads(await request.body())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, "malformed_json", f"body is not valid JSON: {exc}") from exc
+        body = loads_strict(await request.body())
         if not isinstance(body, dict):
             raise APIError(422, "invalid_request", "JSON body must be an object")
         raw = body.pop(image_field, None)
@@ -91,7 +86,7 @@ def parse_number(value: Any, name: str, kind: type) -> Any:
         raise APIError(422, "invalid_request", f"{name} must be a number")
     try:
         number = kind(value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
         raise APIError(422, "invalid_request", f"{name} must be {kind.__name__}") from exc
     if kind is int and isinstance(value, float) and value != number:
         raise APIError(422, "invalid_request", f"{name} must be an integer")
@@ -118,30 +113,6 @@ def depth_or_budget(
     if budget is not None and (not math.isfinite(budget) or budget <= 0):
         raise APIError(422, "invalid_budget", "budget_ms must be a finite number > 0")
     return exit_depth, budget
-
-
-async def prepare_images(images: list[bytes], runtime: Runtime, settings: Settings) -> np.ndarray:
-    """Decode and resize every image (small ones inline, large ones off the event loop):
-    uint8 ``[N, S, S, 3]``."""
-    if not images:
-        raise APIError(422, "no_images", "send at least one image")
-    if len(images) > settings.max_images:
-        raise APIError(413, "too_many_images", f"at most {settings.max_images} images per request")
-    p = runtime.manifest.preprocess
-
-    def work() -> np.ndarray:
-        rows = []
-        for i, data in enumerate(images):
-            try:
-                rows.append(prepare(data, p.resize, p.crop, p.interpolation, settings.max_pixels))
-            except APIError as exc:
-                exc.message = f"image {i}: {exc.message}" if len(images) > 1 else exc.message
-                raise
-        return np.stack(rows)
-
-    if sum(len(b) for b in images) <= INLINE_DECODE_BYTES:
-        return work()  # small images decode faster than a thread hop takes
-    return await asyncio.to_thread(work)
 
 
 @dataclass

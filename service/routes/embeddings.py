@@ -5,11 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.deps import MetricsDep, RuntimeDep, SettingsDep
+from service.deps import DecoderDep, MetricsDep, RuntimeDep, SettingsDep
 from service.routes.common import (
     depth_or_budget,
     plan,
-    prepare_images,
     read_payload,
     run_batched,
     timed_response,
@@ -34,11 +33,15 @@ OPTIONS = {
     openapi_extra=image_request_body("images", True, OPTIONS),
 )
 async def embeddings(
-    request: Request, runtime: RuntimeDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    decoder: DecoderDep,
 ) -> JSONResponse:
     payload = await read_payload(request, settings, "images")
     exit_depth, budget = depth_or_budget(request, payload, runtime)
-    images = await prepare_images(payload.images, runtime, settings)
+    images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
     timing = plan(request, runtime, settings, exit_depth, budget, len(images))
     vectors = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
     body = {"dim": int(vectors.shape[1]), "embeddings": vectors.tolist()}

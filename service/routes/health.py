@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -17,13 +19,22 @@ async def livez() -> dict:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Bundle loaded, every depth warmed, indexes loaded (else 503)")
+@router.get(
+    "/readyz",
+    summary="Bundle loaded, every depth warmed, indexes loaded, storage writable (else 503)",
+    description="503 while loading, and while the data dir is missing, read-only or below "
+    "`SDSSL_MIN_FREE_BYTES` free (writes would fail); 200 again once it recovers.",
+)
 async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
     runtime = holder.current
     if runtime is None:
         error = request.app.state.load_error
         message = f"failed to load: {error}" if error else "loading"
         return JSONResponse(error_body("not_ready", message), 503, headers={"Retry-After": "5"})
+    problem = await asyncio.to_thread(runtime.index.health)
+    if problem is not None:
+        body = error_body("storage_unavailable", problem)
+        return JSONResponse(body, 503, headers={"Retry-After": "30"})
     return JSONResponse({"status": "ready", "model": runtime.bundle_id})
 
 

@@ -4,26 +4,43 @@ depth in one pass of the all-exits graph and is durable once answered."""
 from __future__ import annotations
 
 import asyncio
-import json
+from typing import Any
 
 from fastapi import APIRouter, Path, Request
 
-from service.deps import AuthDep, MetricsDep, RuntimeDep, SettingsDep
+from service.deps import AuthDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
 from service.errors import APIError
-from service.routes.common import prepare_images, read_payload, run_batched
+from service.jsonio import dumps_canonical, loads_field, nesting_depth
+from service.routes.common import read_payload, run_batched
 from service.schemas import ERRORS, DeletedOut, ItemOut, ItemsOut, image_request_body
+from service.settings import Settings
 
 router = APIRouter(tags=["items"])
 MAX_ID = 256
+ID_RULE = (
+    f"1..{MAX_ID} printable characters, without '/' or '\\', and not '.' or '..' "
+    "(URL clients rewrite those)"
+)
 ItemId = Path(min_length=1, max_length=MAX_ID, description="the client's item id")
 OPTIONS = {
     "ids": {"type": "array", "items": {"type": "string"}, "description": "one id per image"},
     "metadata": {
         "type": "array",
         "items": {"type": "string"},
-        "description": "optional: one JSON document per image",
+        "description": "optional: one JSON document per image (multipart: as JSON text)",
     },
 }
+
+
+def valid_id(item_id: str) -> bool:
+    """Whether every route can address ``item_id`` in a URL path (see ID_RULE)."""
+    return (
+        0 < len(item_id) <= MAX_ID
+        and item_id.isprintable()
+        and "/" not in item_id
+        and "\\" not in item_id
+        and item_id not in (".", "..")
+    )
 
 
 def _ids(raw: object, n: int) -> list[str]:
@@ -33,29 +50,49 @@ def _ids(raw: object, n: int) -> list[str]:
     if len(ids) != n:
         raise APIError(422, "invalid_ids", f"{n} images need {n} ids, got {len(ids)}")
     for item_id in ids:
-        if not item_id or len(item_id) > MAX_ID or not item_id.isprintable():
-            raise APIError(422, "invalid_ids", f"ids must be 1..{MAX_ID} printable characters")
+        if not valid_id(item_id):
+            raise APIError(422, "invalid_ids", f"ids must be {ID_RULE}")
     if len(set(ids)) != len(ids):
         raise APIError(422, "invalid_ids", "ids repeat within the request")
     return ids
 
 
-def _metadata(raw: object, n: int) -> list:
+def _metadata(raw: object, n: int, from_text: bool, settings: Settings) -> list[Any]:
+    """One document per image, each strict JSON within the depth and size limits.
+    Multipart sends JSON text per image; JSON bodies send the documents themselves."""
     if raw is None or raw == []:
         return [None] * n
-    if isinstance(raw, str):
+    if isinstance(raw, str) and from_text:
         raw = [raw]
-    if not isinstance(raw, list) or not all(isinstance(m, str) for m in raw):
+    if not isinstance(raw, list) or (from_text and not all(isinstance(m, str) for m in raw)):
         raise APIError(422, "invalid_metadata", "metadata must be JSON documents, one per image")
     if len(raw) != n:
         raise APIError(422, "invalid_metadata", f"{n} images need {n} metadata fields or none")
-    out = []
-    for i, text in enumerate(raw):
+    docs = [
+        loads_field(m, f"metadata[{i}]", "invalid_metadata") if from_text else m
+        for i, m in enumerate(raw)
+    ]
+    for i, doc in enumerate(docs):
+        if nesting_depth(doc) > settings.max_metadata_depth:
+            raise APIError(
+                422,
+                "invalid_metadata",
+                f"metadata[{i}] is nested deeper than {settings.max_metadata_depth} levels",
+            )
         try:
-            out.append(json.loads(text))
-        except json.JSONDecodeError as exc:
-            raise APIError(422, "invalid_metadata", f"metadata[{i}] is not JSON: {exc}") from exc
-    return out
+            size = len(dumps_canonical(doc).encode())
+        except ValueError as exc:  # e.g. a lone surrogate from a "\\ud800" escape
+            raise APIError(
+                422, "invalid_metadata", f"metadata[{i}] is not encodable as UTF-8 JSON"
+            ) from exc
+        if size > settings.max_metadata_bytes:
+            raise APIError(
+                422,
+                "invalid_metadata",
+                f"metadata[{i}] is {size} bytes as JSON; the limit is "
+                f"{settings.max_metadata_bytes} (SDSSL_MAX_METADATA_BYTES)",
+            )
+    return docs
 
 
 @router.post(
@@ -73,16 +110,15 @@ async def add_items(
     runtime: RuntimeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    decoder: DecoderDep,
 ) -> dict:
     payload = await read_payload(request, settings, "images")
     ids_raw = payload.lists.get("ids", payload.fields.get("ids"))
-    meta_raw = payload.lists.get("metadata", payload.fields.get("metadata"))
-    if payload.lists == {} and isinstance(meta_raw, list):
-        # JSON bodies send metadata documents directly rather than as JSON strings.
-        meta_raw = [json.dumps(m) for m in meta_raw]
+    multipart = payload.multipart
+    meta_raw = payload.lists.get("metadata") if multipart else payload.fields.get("metadata")
     ids = _ids(ids_raw, len(payload.images))
-    metadata = _metadata(meta_raw, len(payload.images))
-    images = await prepare_images(payload.images, runtime, settings)
+    metadata = _metadata(meta_raw, len(payload.images), multipart, settings)
+    images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
     vectors = await run_batched(runtime.embed_all(images), metrics)  # [L, N, D]
     replaced = await asyncio.to_thread(
         runtime.index.upsert, ids, metadata, vectors.transpose(1, 0, 2)
@@ -96,7 +132,9 @@ async def add_items(
     }
 
 
-@router.get("/v1/items/{item_id}", response_model=ItemOut, responses=ERRORS, summary="One item")
+@router.get(
+    "/v1/items/{item_id:path}", response_model=ItemOut, responses=ERRORS, summary="One item"
+)
 async def get_item(runtime: RuntimeDep, item_id: str = ItemId) -> dict:
     item = await asyncio.to_thread(runtime.index.get, item_id)
     if item is None:
@@ -105,7 +143,10 @@ async def get_item(runtime: RuntimeDep, item_id: str = ItemId) -> dict:
 
 
 @router.delete(
-    "/v1/items/{item_id}", response_model=DeletedOut, responses=ERRORS, summary="Delete an item"
+    "/v1/items/{item_id:path}",
+    response_model=DeletedOut,
+    responses=ERRORS,
+    summary="Delete an item",
 )
 async def delete_item(
     _: AuthDep, runtime: RuntimeDep, metrics: MetricsDep, item_id: str = ItemId

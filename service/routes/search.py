@@ -9,13 +9,13 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.deps import MetricsDep, RuntimeDep, SettingsDep
+from service.deps import DecoderDep, MetricsDep, RuntimeDep, SettingsDep
 from service.errors import APIError
+from service.jsonio import loads_field
 from service.routes.common import (
     depth_or_budget,
     parse_number,
     plan,
-    prepare_images,
     read_payload,
     run_batched,
     timed_response,
@@ -32,20 +32,18 @@ OPTIONS = {
 
 
 def _vector(raw, dim: int) -> np.ndarray:
-    if isinstance(raw, str):  # multipart: a JSON-ish list in a text field
-        import json
-
-        try:
-            raw = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise APIError(422, "invalid_vector", "vector must be a JSON list of numbers") from exc
+    if isinstance(raw, str):  # multipart: a JSON list in a text field
+        raw = loads_field(raw, "vector", "invalid_vector")
     if not isinstance(raw, list) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in raw
     ):
         raise APIError(422, "invalid_vector", "vector must be a list of numbers")
     if len(raw) != dim:
         raise APIError(422, "invalid_vector", f"vector has {len(raw)} values; expected {dim}")
-    vec = np.asarray(raw, dtype=np.float64)
+    try:
+        vec = np.asarray(raw, dtype=np.float64)
+    except OverflowError as exc:  # an integer too large for a float
+        raise APIError(422, "invalid_vector", "vector values must be finite numbers") from exc
     if not np.isfinite(vec).all():
         raise APIError(422, "invalid_vector", "vector contains NaN or infinity")
     norm = float(np.linalg.norm(vec))
@@ -64,7 +62,11 @@ def _vector(raw, dim: int) -> np.ndarray:
     openapi_extra=image_request_body("image", False, OPTIONS),
 )
 async def search(
-    request: Request, runtime: RuntimeDep, settings: SettingsDep, metrics: MetricsDep
+    request: Request,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    decoder: DecoderDep,
 ) -> JSONResponse:
     payload = await read_payload(request, settings, "image")
     exit_depth, budget = depth_or_budget(request, payload, runtime)
@@ -83,7 +85,7 @@ async def search(
     else:
         if len(payload.images) != 1:
             raise APIError(422, "invalid_request", "send exactly one image (or a vector)")
-        images = await prepare_images(payload.images, runtime, settings)
+        images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
         timing = plan(request, runtime, settings, exit_depth, budget, 1)
         query = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
     hits = (await asyncio.to_thread(runtime.index.search, timing.exit_depth, query, k))[0]

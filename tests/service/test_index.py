@@ -3,6 +3,9 @@ snapshots plus log replay."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -34,15 +37,15 @@ def test_flat_search_equals_brute_force(tmp_path) -> None:
 
 def test_ivf_serves_exact_until_trainable_then_switches(tmp_path) -> None:
     idx = ItemIndex(tmp_path, BID, [1, 2, 3], 16, factory="IVF4,Flat", snapshot_every=100)
-    assert idx._active == "Flat"  # too few items to train 4 lists
+    assert idx.active_factory == "Flat"  # too few items to train 4 lists
     v = vectors(300)
     idx.upsert(["first"], [None], v[:1])
     assert idx.search(2, v[:1, 1], 1)[0][0].id == "first"
     idx.upsert([f"x{i}" for i in range(1, 300)], [None] * 299, v[1:])
-    assert idx._active == "IVF4,Flat" and idx.consistency()["consistent"]
+    assert idx.active_factory == "IVF4,Flat" and idx.consistency()["consistent"]
     idx.close()
     again = ItemIndex(tmp_path, BID, [1, 2, 3], 16, factory="IVF4,Flat")
-    assert again._active == "IVF4,Flat" and again.count() == 300
+    assert again.active_factory == "IVF4,Flat" and again.count() == 300
     assert again.search(3, v[7:8, 2], 1)[0][0].id == "x7"
     again.close()
 
@@ -59,17 +62,32 @@ def test_hnsw_deletes_are_filtered_and_compacted(tmp_path) -> None:
     idx.close()
 
 
+CRASHING_WRITER = """
+import os, sys
+import numpy as np
+from service.index import ItemIndex
+v = np.load(sys.argv[2])
+idx = ItemIndex(__import__("pathlib").Path(sys.argv[1]), "b" * 64, [1, 2, 3], 16,
+                snapshot_every=int(sys.argv[3]))
+for i in range(30):
+    idx.upsert([f"r{i}"], [None], v[i : i + 1])
+for i in range(0, 30, 3):
+    idx.delete(f"r{i}")
+idx.upsert(["r1"], [{"replaced": True}], v[2:3])
+os._exit(0)  # no close(): as after a kill -9, the last changes exist only in SQLite's log
+"""
+
+
 @pytest.mark.parametrize("snapshot_every", [1, 7, 10**6])
-def test_restart_replays_the_log_after_the_snapshot(tmp_path, snapshot_every) -> None:
+def test_restart_replays_the_log_after_the_snapshot(tmp_path, snapshot_every, repo_root) -> None:
     v = vectors(30)
-    idx = ItemIndex(tmp_path, BID, [1, 2, 3], 16, snapshot_every=snapshot_every)
-    for i in range(30):
-        idx.upsert([f"r{i}"], [None], v[i : i + 1])
-    for i in range(0, 30, 3):
-        idx.delete(f"r{i}")
-    idx.upsert(["r1"], [{"replaced": True}], v[2:3])
-    # No close(): as after a kill -9, the last changes exist only in SQLite's log.
-    again = ItemIndex(tmp_path, BID, [1, 2, 3], 16, snapshot_every=snapshot_every)
+    np.save(tmp_path / "v.npy", v)
+    data = tmp_path / "ix"
+    subprocess.run(
+        [sys.executable, "-c", CRASHING_WRITER, str(data), str(tmp_path / "v.npy"),
+         str(snapshot_every)], cwd=repo_root, check=True,
+    )  # fmt: skip
+    again = ItemIndex(data, BID, [1, 2, 3], 16, snapshot_every=snapshot_every)
     state = again.consistency()
     assert state["consistent"] and state["items"] == 20
     assert again.get("r1")["metadata"] == {"replaced": True}

@@ -39,7 +39,7 @@ def test_bad_settings_fail_fast(repo_root, tiny_bundle) -> None:
     res = run(["--bundle", "/no/such/bundle"], repo_root)
     assert res.returncode == 2
     assert res.stderr.strip() == (
-        "error: bundle not found: /no/such/bundle (export one with `make export`)"
+        "error: /no/such/bundle: not a directory (export one with `make export`)"
     )
 
 

@@ -1,0 +1,323 @@
+"""``ItemIndex``: a bundle's items and nearest-neighbour indexes, the one facade the service,
+``service.reindex`` and the benchmarks write through.
+
+SQLite (:mod:`.store`) is the truth; FAISS (:mod:`.vectors`) is derived, loaded from its last
+snapshot and brought up to date by replaying the change log, then checked against SQLite and
+rebuilt from it if they disagree. One process writes a folder at a time (:mod:`.lock`). A write
+is acknowledged only once it is durable (:mod:`.storage`); a folder deleted while in use is
+restored from the still-open database, so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export.manifest import Manifest
+from service.index.lock import WriterLock, WriterLockHeld
+from service.index.storage import Storage, StorageError, from_os_error, fsync_rename
+from service.index.store import DATABASE, ItemStore
+from service.index.vectors import VectorIndexes
+from service.jsonio import dumps_canonical, loads_stored
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+CHECKED_VECTORS = 32  # items whose stored vectors are compared with FAISS's at load
+
+
+def open_index(
+    settings: Settings, manifest: Manifest, bundle_id: str, use_gpu: bool = False
+) -> ItemIndex:
+    """The index of a bundle in ``settings.data_dir``, as the server and every tool open it."""
+    return ItemIndex(
+        settings.data_dir / bundle_id,
+        bundle_id,
+        list(range(1, manifest.model.depth + 1)),
+        manifest.model.dim,
+        settings.index_factory,
+        settings.snapshot_every,
+        use_gpu=use_gpu,
+        min_free_bytes=settings.min_free_bytes,
+    )
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float
+    metadata: Any
+
+
+class ItemIndex:
+    """Thread-safe; every method is blocking (call from a worker thread)."""
+
+    def __init__(
+        self,
+        root: Path,
+        bundle_id: str,
+        exit_depths: list[int],
+        dim: int,
+        factory: str = "Flat",
+        snapshot_every: int = 1000,
+        use_gpu: bool = False,
+        min_free_bytes: int = 0,
+    ) -> None:
+        self.root, self.bundle_id = root, bundle_id
+        self.exit_depths, self.dim = list(exit_depths), dim
+        self.depth = max(exit_depths)  # rows stored per item: every depth 1..L
+        self.snapshot_every = snapshot_every
+        self._lock = threading.RLock()
+        self._changes = 0
+        root.mkdir(parents=True, exist_ok=True)
+        self._writer = WriterLock(root).acquire()
+        try:
+            owner = {"bundle_id": bundle_id, "dim": str(dim), "depth": str(self.depth)}
+            self.store = ItemStore(root, owner, self.depth, dim)
+            self.storage = Storage(root, self.store.path, min_free_bytes)
+            self.vectors = VectorIndexes(root, self.exit_depths, dim, factory, use_gpu)
+            if self.store.count() >= self.vectors.min_train:
+                self.vectors.active = factory
+            started = time.perf_counter()
+            how = self._load()
+        except BaseException:
+            if hasattr(self, "store"):
+                self.store.close()
+            self._writer.release()
+            raise
+        log.info("index %s: %d items, %s in %.1f s", root.name[:12], self.count(), how,
+                 time.perf_counter() - started)  # fmt: skip
+
+    @property
+    def factory(self) -> str:
+        return self.vectors.factory
+
+    @property
+    def active_factory(self) -> str:
+        """The factory serving now (``Flat`` until a factory that needs training can train)."""
+        return self.vectors.active
+
+    # ---- loading -------------------------------------------------------------------------------
+    def _load(self) -> str:
+        seq = self.vectors.read_snapshot(self.bundle_id)
+        if seq is None:
+            self._rebuild()
+            return "rebuilt from SQLite"
+        replayed = self._replay(seq)
+        problem = self._disagreement()
+        if problem:
+            log.warning("index %s: FAISS disagreed with SQLite (%s); rebuilt from SQLite, the "
+                        "truth", self.root.name[:12], problem)  # fmt: skip
+            self._rebuild()
+            return f"rebuilt from SQLite ({problem})"
+        return f"snapshot at change {seq} + {replayed} replayed"
+
+    def _replay(self, after: int) -> int:
+        rows = self.store.changes_after(after)
+        for op, num_id in rows:
+            ids = np.array([num_id], dtype=np.int64)
+            if op == "del":
+                self.vectors.remove(ids)
+            elif (vec := self.store.vector(num_id)) is not None:  # else: deleted later in the log
+                self.vectors.add(ids, vec[None])
+        return len(rows)
+
+    def _rebuild(self) -> None:
+        needs_sample = self.vectors.active != "Flat" and self.vectors.min_train > 0
+        sample = self.store.sample_vectors(100_000) if needs_sample else None
+        self.vectors.rebuild(sample, self.store.iter_vectors())
+
+    def _disagreement(self) -> str | None:
+        """Why FAISS and SQLite disagree (ids per depth, a sample of vectors), or None."""
+        truth = self.store.num_ids()
+        for d in self.exit_depths:
+            ids = self.vectors.ids(d)
+            extra = len(ids - truth)
+            if truth - ids or extra > self.vectors.stale:
+                return f"depth {d}: {len(truth - ids)} items missing, {extra} unknown"
+        for num_id in random.Random(0).sample(sorted(truth), min(CHECKED_VECTORS, len(truth))):
+            stored = self.store.vector(num_id)
+            for d in (self.exit_depths[0], self.exit_depths[-1]):
+                got = self.vectors.reconstruct(d, num_id)
+                if got is not None and not np.allclose(got, stored[d - 1], atol=1e-5):
+                    return f"depth {d}: the vector of item #{num_id} differs"
+        return None
+
+    # ---- storage -------------------------------------------------------------------------------
+    def _usable(self) -> None:
+        """Raise StorageError unless a write can be made durable now (restoring a deleted
+        folder first)."""
+        problem = self.storage.problem()
+        if problem is not None and self.storage.moved():
+            self._restore()
+            problem = self.storage.problem()
+        if problem is not None:
+            raise problem
+
+    def _restore(self) -> None:
+        """The folder or its database was deleted while open: recreate it from the open
+        connection (which still reads the deleted file) and re-take the writer lock."""
+        db, writer = self.root / DATABASE, WriterLock(self.root)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            if db.exists():
+                raise StorageError("the data folder's database was replaced while in use")
+            writer.acquire()
+            tmp = self.root / f".{DATABASE}.restore"
+            tmp.unlink(missing_ok=True)
+            self.store.copy_to(tmp)
+            fsync_rename(tmp, db)
+        except WriterLockHeld as exc:
+            raise StorageError(f"the data folder was removed and re-taken: {exc}") from exc
+        except (OSError, sqlite3.Error) as exc:
+            writer.release()
+            raise from_os_error(exc, "the data folder was removed and cannot be restored") from exc
+        self._writer.release()
+        self._writer = writer
+        self.store.reopen()
+        self.storage.reopened()
+        log.warning("index %s: the data folder was removed while in use; restored %d items "
+                    "from the open database", self.root.name[:12], self.store.count())  # fmt: skip
+        self._safe_snapshot()
+
+    def health(self) -> str | None:
+        """Why writes would fail now (missing, read-only or full storage), or None."""
+        with self._lock:
+            try:
+                self._usable()
+            except StorageError as exc:
+                return str(exc)
+        return None
+
+    def _write(self, what: str, fn: Any) -> Any:
+        """Run one SQLite transaction; acknowledge it only if it landed in the live file."""
+        self._usable()
+        try:
+            result = fn()
+        except sqlite3.Error as exc:
+            raise from_os_error(exc, f"cannot {what}") from exc
+        if self.storage.moved():  # committed into a file deleted meanwhile: copy it back
+            self._restore()
+        return result
+
+    # ---- public API ----------------------------------------------------------------------------
+    def upsert(self, ids: list[str], metadata: list[Any], vectors: np.ndarray) -> list[bool]:
+        """Add or replace items (``vectors [N, L, D]``); durable when this returns.
+        Returns, per item, whether it replaced an existing one."""
+        if vectors.shape != (len(ids), self.depth, self.dim):
+            raise ValueError(f"vectors shape {vectors.shape} != {(len(ids), self.depth, self.dim)}")
+        texts = [dumps_canonical(m) for m in metadata]
+        with self._lock:
+            change = self._write("add items", lambda: self.store.upsert(ids, texts, vectors))
+            # Committed: now the derived indexes (a crash here is repaired by the log replay).
+            if change.removed:
+                self.vectors.remove(np.array(change.removed, dtype=np.int64))
+            self.vectors.add(np.array(change.added, dtype=np.int64), vectors)
+            self._after_change(len(ids) + len(change.removed))
+        return change.replaced
+
+    def delete(self, item_id: str) -> bool:
+        """Remove an item; False if it does not exist."""
+        with self._lock:
+            num_id = self._write("delete an item", lambda: self.store.delete(item_id))
+            if num_id is None:
+                return False
+            self.vectors.remove(np.array([num_id], dtype=np.int64))
+            self._after_change(1)
+        return True
+
+    def get(self, item_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self.store.get(item_id)
+        if row is None:
+            return None
+        return {"id": row[0], "metadata": loads_stored(row[1]), "created_at": row[2]}
+
+    def count(self) -> int:
+        with self._lock:
+            return self.store.count()
+
+    def index_sizes(self) -> dict[int, int]:
+        """Vectors per exit depth's FAISS index (equals count() unless some are stale)."""
+        with self._lock:
+            return self.vectors.sizes()
+
+    def search(self, exit_depth: int, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k items by cosine for each query row at one exit depth."""
+        with self._lock:
+            total = self.vectors.sizes()[exit_depth]
+            if total == 0:
+                return [[] for _ in range(len(queries))]
+            scores, nums = self.vectors.search(
+                exit_depth, queries, min(total, k + self.vectors.stale)
+            )
+            found = self.store.lookup(sorted({int(n) for n in nums.ravel() if n >= 0}))
+        results = []
+        for row_scores, row_nums in zip(scores, nums, strict=True):
+            hits = []
+            for s, n in zip(row_scores, row_nums, strict=True):
+                if n >= 0 and int(n) in found:
+                    item_id, meta = found[int(n)]
+                    hits.append(Hit(item_id, float(s), loads_stored(meta)))
+                if len(hits) == k:
+                    break
+            results.append(hits)
+        return results
+
+    def consistency(self) -> dict[str, Any]:
+        """Ids in SQLite vs ids in each FAISS index (for tests and the crash suite)."""
+        with self._lock:
+            ids = self.store.num_ids()
+            per_depth = {}
+            for d in self.exit_depths:
+                stored = self.vectors.ids(d)
+                per_depth[d] = stored == ids or (self.vectors.stale > 0 and ids <= stored)
+        return {"items": len(ids), "consistent": all(per_depth.values()), "per_depth": per_depth}
+
+    # ---- persistence ---------------------------------------------------------------------------
+    def _after_change(self, n: int) -> None:
+        self._changes += n
+        if self._changes >= self.snapshot_every:
+            self._safe_snapshot()
+
+    def _safe_snapshot(self) -> None:
+        """A snapshot that fails (disk full, say) costs a longer replay at the next start, never
+        a write that SQLite already made durable: log it and try again later."""
+        try:
+            self.snapshot()
+        except (OSError, RuntimeError, sqlite3.Error) as exc:
+            self._changes = 0  # retry after another snapshot_every changes
+            log.warning("index %s: snapshot failed (%s); SQLite still holds every change",
+                        self.root.name[:12], exc)  # fmt: skip
+
+    def snapshot(self) -> None:
+        """Persist every index atomically, tagged with the change-log position it contains."""
+        with self._lock:
+            v = self.vectors
+            if v.active != v.factory and self.store.count() >= v.min_train:
+                log.info("index %s: %d items, switching to %s", self.root.name[:12],
+                         self.store.count(), v.factory)  # fmt: skip
+                v.active = v.factory
+                self._rebuild()
+            elif v.stale:
+                self._rebuild()
+            seq = self.store.last_seq()
+            v.write_snapshot(self.bundle_id, seq)
+            self.store.mark_snapshot(seq)
+            self._changes = 0
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                if self._changes:
+                    self._safe_snapshot()
+            finally:
+                self.store.close()
+                self._writer.release()

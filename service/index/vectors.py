@@ -1,0 +1,148 @@
+"""FAISS, the derived part of a bundle's index: one index per exit depth (inner product on
+L2-normalised vectors = cosine), ``IDMap2`` over the factory so FAISS ids are SQLite's num_ids.
+
+Snapshots are files ``index_dNN.s<seq>.faiss`` plus ``snapshot.json`` naming the change-log
+position they contain. Factories that need training (IVF…) serve from an exact index until there
+are enough items to train them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from service.index.storage import fsync_write
+
+log = logging.getLogger(__name__)
+SNAPSHOT = "snapshot.json"
+
+
+def training_points(dim: int, factory: str) -> int:
+    """Vectors a factory needs before it can be trained (0: no training needed)."""
+    probe = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    if probe.is_trained:
+        return 0
+    try:
+        return 39 * int(faiss.extract_index_ivf(probe).nlist)  # FAISS's own minimum
+    except RuntimeError:
+        return 10_000
+
+
+class VectorIndexes:
+    """Not thread-safe on its own: :class:`~service.index.ItemIndex` serialises calls."""
+
+    def __init__(
+        self, folder: Path, exit_depths: list[int], dim: int, factory: str, use_gpu: bool
+    ) -> None:
+        self.folder, self.exit_depths, self.dim = folder, list(exit_depths), dim
+        self.factory = factory
+        self.min_train = training_points(dim, factory)
+        self.active = "Flat"  # set by the owner once it knows the item count
+        self.stale = 0  # vectors left in indexes that cannot remove (e.g. HNSW)
+        self.indexes: dict[int, Any] = {}
+        self._gpu = self._gpu_resources() if use_gpu else None
+        self._gpu_indexes: dict[int, Any] = {}
+
+    @staticmethod
+    def _gpu_resources() -> Any:
+        if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            return None
+        return faiss.StandardGpuResources()
+
+    def _new_index(self) -> Any:
+        return faiss.index_factory(self.dim, f"IDMap2,{self.active}", faiss.METRIC_INNER_PRODUCT)
+
+    # ---- building --------------------------------------------------------------------------
+    def rebuild(self, sample: np.ndarray | None, chunks: Iterable[tuple[np.ndarray, np.ndarray]]):
+        """Fresh indexes of the active factory, trained on ``sample [n, L, D]`` if they need
+        it, filled from ``(num_ids, vectors [n, L, D])`` chunks."""
+        self.indexes = {d: self._new_index() for d in self.exit_depths}
+        self.stale = 0
+        if not next(iter(self.indexes.values())).is_trained and sample is not None:
+            for d, index in self.indexes.items():
+                index.train(np.ascontiguousarray(sample[:, d - 1, :]))
+        for ids, vecs in chunks:
+            self.add(ids, vecs)
+        self._gpu_indexes.clear()
+
+    def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """``vecs [N, L, D]``: row d-1 goes to depth d's index."""
+        for d, index in self.indexes.items():
+            index.add_with_ids(np.ascontiguousarray(vecs[:, d - 1, :], dtype=np.float32), ids)
+        self._gpu_indexes.clear()
+
+    def remove(self, ids: np.ndarray) -> None:
+        for index in self.indexes.values():
+            try:
+                index.remove_ids(ids)
+            except RuntimeError:  # e.g. HNSW: left in place, filtered out at search time
+                self.stale += len(ids)
+        self._gpu_indexes.clear()
+
+    # ---- reading ---------------------------------------------------------------------------
+    def sizes(self) -> dict[int, int]:
+        return {d: int(index.ntotal) for d, index in self.indexes.items()}
+
+    def ids(self, exit_depth: int) -> set[int]:
+        inner = faiss.downcast_index(self.indexes[exit_depth])
+        return set(faiss.vector_to_array(inner.id_map).tolist())
+
+    def reconstruct(self, exit_depth: int, num_id: int) -> np.ndarray | None:
+        """The stored vector of ``num_id`` at one depth, if this index type can give it back."""
+        try:
+            return self.indexes[exit_depth].reconstruct(num_id)
+        except RuntimeError:
+            return None
+
+    def search(self, exit_depth: int, queries: np.ndarray, fetch: int):
+        """``(scores, num_ids)`` of the ``fetch`` best per query row (-1 where fewer exist)."""
+        index = self._search_index(exit_depth)
+        inner = faiss.downcast_index(self.indexes[exit_depth].index)
+        if hasattr(inner, "hnsw"):  # HNSW returns fewer than k results when efSearch < k
+            inner.hnsw.efSearch = max(inner.hnsw.efSearch, fetch)
+        return index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+
+    def _search_index(self, d: int) -> Any:
+        if self._gpu is None:
+            return self.indexes[d]
+        if d not in self._gpu_indexes:  # the CPU index stays the persisted truth
+            self._gpu_indexes[d] = faiss.index_cpu_to_gpu(self._gpu, 0, self.indexes[d])
+        return self._gpu_indexes[d]
+
+    # ---- snapshots -------------------------------------------------------------------------
+    def _file(self, d: int, seq: int) -> Path:
+        return self.folder / f"index_d{d:02d}.s{seq}.faiss"
+
+    def read_snapshot(self, bundle_id: str) -> int | None:
+        """Load the snapshot if it fits this bundle and factory; the seq it contains, or None."""
+        path = self.folder / SNAPSHOT
+        if not path.is_file():
+            return None
+        try:
+            info = json.loads(path.read_text())
+            seq = int(info["seq"])
+            if info.get("factory") != self.active or info.get("bundle_id") != bundle_id:
+                return None
+            indexes = {d: faiss.read_index(str(self._file(d, seq))) for d in self.exit_depths}
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:
+            log.warning("ignoring an unusable FAISS snapshot: %s", exc)
+            return None
+        self.indexes, self.stale = indexes, 0
+        self._gpu_indexes.clear()
+        return seq
+
+    def write_snapshot(self, bundle_id: str, seq: int) -> None:
+        """Persist every index atomically, tagged with the change-log position it contains."""
+        for d, index in self.indexes.items():
+            fsync_write(self._file(d, seq), faiss.serialize_index(index).tobytes())
+        info = {"seq": seq, "bundle_id": bundle_id, "factory": self.active}
+        fsync_write(self.folder / SNAPSHOT, json.dumps(info).encode())
+        for old in self.folder.glob("index_d*.s*.faiss"):
+            if not old.name.endswith(f".s{seq}.faiss"):
+                old.unlink(missing_ok=True)

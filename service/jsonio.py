@@ -1,0 +1,88 @@
+"""Strict JSON in and out, in one place: what a request may contain and how it is stored.
+
+Python's ``json`` accepts ``NaN``, ``Infinity`` and ``1e999`` (which responses then cannot
+encode), raises ``RecursionError`` on deep nesting and a plain ``ValueError`` on integers past
+4,300 digits. Every JSON the service reads from a client goes through :func:`loads_strict`, which
+turns all of these into 4xx errors; :func:`dumps_canonical` is the one encoding metadata is stored
+and answered in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from service.errors import APIError
+
+MAX_INT_DIGITS = 64  # wider than any 64-bit id or count; far below Python's 4,300-digit limit
+
+
+def _reject_constant(name: str) -> Any:
+    raise APIError(422, "invalid_json_number", f"{name} is not a JSON number (finite numbers only)")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise APIError(422, "invalid_json_number", f"number {text[:32]} is out of range")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise APIError(
+            422, "invalid_json_number", f"integer with more than {MAX_INT_DIGITS} digits"
+        )
+    return int(text)
+
+
+def loads_strict(data: bytes | str, what: str = "body") -> Any:
+    """Parse client JSON: 400 if it is not JSON, 422 for non-finite or oversized numbers and
+    nesting deeper than Python can parse."""
+    try:
+        return json.loads(data, parse_constant=_reject_constant, parse_float=_float, parse_int=_int)
+    except RecursionError as exc:
+        raise APIError(422, "json_too_deep", f"{what} is nested too deeply") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise APIError(400, "malformed_json", f"{what} is not valid JSON: {exc}") from exc
+    except ValueError as exc:  # e.g. a number Python refuses to convert
+        raise APIError(422, "invalid_json_number", f"{what}: {exc}") from exc
+
+
+def loads_field(text: str, what: str, code: str) -> Any:
+    """A form field that must hold JSON: like :func:`loads_strict`, every failure a 422 ``code``
+    (the request itself was well-formed)."""
+    try:
+        return loads_strict(text, what)
+    except APIError as exc:
+        raise APIError(422, code, exc.message) from exc
+
+
+def nesting_depth(value: Any) -> int:
+    """Containers on the deepest path: 0 for a scalar, 1 for ``[1]``, 2 for ``{"a": [1]}``.
+    Iterative, so it cannot overflow on whatever ``loads_strict`` accepted."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level)
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def dumps_canonical(value: Any) -> str:
+    """Compact UTF-8 JSON, exactly as responses encode it; ValueError if that is impossible
+    (non-finite floats, lone surrogates)."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text.encode("utf-8")  # lone surrogates (from "\\ud800" escapes) fail here, not in a response
+    return text
+
+
+def loads_stored(text: str | None) -> Any:
+    """Metadata read back from storage. Rows written before validation existed may hold NaN:
+    they read as null, as the item route always showed them."""
+    if text is None:
+        return None
+    return json.loads(text, parse_constant=lambda _: None)
