@@ -81,8 +81,16 @@ def dumps_canonical(value: Any) -> str:
 
 
 def loads_stored(text: str | None) -> Any:
-    """Metadata read back from storage. Rows written before validation existed may hold NaN:
-    they read as null, as the item route always showed them."""
+    """Metadata read back from storage. Rows written before validation existed may hold NaN
+    (read as null, as the item route always showed them) or lone surrogates (read as U+FFFD):
+    one such row must never make a search fail."""
     if text is None:
         return None
-    return json.loads(text, parse_constant=lambda _: None)
+    value = json.loads(text, parse_constant=lambda _: None)
+    if "\\ud" in text or "\\uD" in text:  # an escaped surrogate: lone ones cannot be encoded
+        try:
+            dumps_canonical(value)
+        except ValueError:
+            raw = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
+            value = json.loads(raw.decode("utf-8", "replace"))
+    return value

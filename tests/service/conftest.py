@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -17,11 +18,16 @@ def png(width: int = 40, height: int = 30, seed: int = 0, mode: str = "RGB") -> 
     return buf.getvalue()
 
 
-def digit_png(i: int) -> bytes:
-    """A real mnist5k test digit as PNG bytes."""
+@functools.cache
+def _mnist_test():
     from training.data import load_splits
 
-    img = load_splits("mnist5k", 0.2).test.image(i)
+    return load_splits("mnist5k", 0.2).test
+
+
+def digit_png(i: int) -> bytes:
+    """A real mnist5k test digit as PNG bytes."""
+    img = _mnist_test().image(i)
     buf = io.BytesIO()
     img.save(buf, "PNG")
     return buf.getvalue()

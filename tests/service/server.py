@@ -22,8 +22,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, bundle: Path, data_dir: Path, log: Path, **settings: str) -> None:
+    def __init__(
+        self, bundle: Path, data_dir: Path, log: Path, honour_modes: bool = False, **settings: str
+    ) -> None:
         self.bundle, self.data_dir, self.log = bundle, data_dir, log
+        # As root, drop the capabilities that write through file mode bits (so that a chmod'ed
+        # read-only folder is read-only to the server too).
+        self.honour_modes = honour_modes and os.geteuid() == 0
         self.settings = settings
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -41,10 +46,13 @@ class Server:
         cmd = [sys.executable, "-m", "service", "--bundle", str(self.bundle),
                "--data-dir", str(self.data_dir), "--port", str(self.port)]  # fmt: skip
         self._log = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
+        if self.honour_modes:
+            cmd = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--", *cmd]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=self._log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
@@ -66,7 +74,7 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        self._log.close()
+        self._log.close()  # closing twice is harmless
 
     def kill9(self) -> None:
         self.stop(signal.SIGKILL)
