@@ -21,6 +21,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m service",
         description="Serve early-exit embeddings and k-NN search for a bundle. Flags override "
         "SDSSL_* environment variables, which override the defaults.",
+        epilog="Exit status: 0 after a normal stop; 2 for bad settings or a bundle that fails "
+        "its checks; 3 when another process writes this bundle's index in the data dir (one "
+        "writer per bundle folder).",
     )
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
@@ -43,7 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings(**given)
     except ValidationError as exc:
         err = exc.errors()[0]
-        print(f"error: {'.'.join(map(str, err['loc']))}: {err['msg']}", file=sys.stderr)
+        where = ".".join(map(str, err["loc"]))
+        message = err["msg"].removeprefix("Value error, ")
+        print(f"error: {where}: {message}" if where else f"error: {message}", file=sys.stderr)
         return 2
     try:
         load_verified(settings.bundle)

@@ -14,7 +14,9 @@ import asyncio
 import math
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +26,7 @@ from service.images import pixels, prepare
 from service.metrics import Metrics
 from service.settings import Settings
 
+T = TypeVar("T")
 INLINE_PIXELS = 65_536  # up to this many pixels decode faster on the event loop than a hop takes
 
 
@@ -98,7 +101,7 @@ def _prepare(data: bytes, p: Preprocess, max_pixels: int) -> np.ndarray:
     return prepare(data, p.resize, p.crop, p.interpolation, max_pixels)
 
 
-def _numbered(fn, i: int, n: int, *args):
+def _numbered(fn: Callable[..., T], i: int, n: int, *args: Any) -> T:
     """Run ``fn``; in a request of several images, say which one an error is about."""
     try:
         return fn(*args)

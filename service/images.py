@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import io
 import warnings
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -19,6 +21,7 @@ RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "nearest": Image.Resampling.NEAREST,
 }
+T = TypeVar("T")
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never half an image
 
 
@@ -39,10 +42,10 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def _errors_as_api(fn):
+def _errors_as_api(fn: Callable[[bytes, int], T]) -> Callable[[bytes, int], T]:
     """Pillow's ways of saying 'bad image' as 4xx APIErrors."""
 
-    def wrapper(data: bytes, max_pixels: int):
+    def wrapper(data: bytes, max_pixels: int) -> T:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)

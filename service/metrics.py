@@ -29,6 +29,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge("sdssl_queue_images", "Images waiting to run", registry=r)
+        self.decode_pending = Gauge(
+            "sdssl_decode_pending_pixels", "Pixels being decoded or waiting to be", registry=r
+        )
         self.budget = Counter(
             "sdssl_budget_requests", "Budgeted requests by outcome", ["outcome"], registry=r
         )

@@ -53,18 +53,16 @@ class IntakeMiddleware:
         scope.setdefault("state", {})["arrival"] = arrival
         status = {"code": 500}
         headers = dict(scope.get("headers") or [])
-        length = headers.get(b"content-length")
-        if length is not None:
-            try:
-                too_big = int(length) > self.limit
-            except ValueError:
-                too_big = False
-            if too_big:
-                if int(length) <= self.drain_limit:
-                    await drain(receive, self.drain_limit)
-                await self._reject(send, BodyTooLarge(self.limit))
-                self._record(scope, 413, arrival)
-                return
+        try:
+            declared = int(headers.get(b"content-length", b"-1"))
+        except ValueError:
+            declared = -1
+        if declared > self.limit:
+            if declared <= self.drain_limit:
+                await drain(receive, self.drain_limit)
+            await self._reject(send, BodyTooLarge(self.limit))
+            self._record(scope, 413, arrival)
+            return
         seen = 0
 
         async def limited_receive() -> Message:

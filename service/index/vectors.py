@@ -59,7 +59,9 @@ class VectorIndexes:
         return faiss.index_factory(self.dim, f"IDMap2,{self.active}", faiss.METRIC_INNER_PRODUCT)
 
     # ---- building --------------------------------------------------------------------------
-    def rebuild(self, sample: np.ndarray | None, chunks: Iterable[tuple[np.ndarray, np.ndarray]]):
+    def rebuild(
+        self, sample: np.ndarray | None, chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+    ) -> None:
         """Fresh indexes of the active factory, trained on ``sample [n, L, D]`` if they need
         it, filled from ``(num_ids, vectors [n, L, D])`` chunks."""
         self.indexes = {d: self._new_index() for d in self.exit_depths}
@@ -100,7 +102,9 @@ class VectorIndexes:
         except RuntimeError:
             return None
 
-    def search(self, exit_depth: int, queries: np.ndarray, fetch: int):
+    def search(
+        self, exit_depth: int, queries: np.ndarray, fetch: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, num_ids)`` of the ``fetch`` best per query row (-1 where fewer exist)."""
         index = self._search_index(exit_depth)
         inner = faiss.downcast_index(self.indexes[exit_depth].index)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import HolderDep, MetricsDep
+from service.deps import DecoderDep, HolderDep, MetricsDep
 from service.errors import error_body
 
 router = APIRouter(tags=["health"])
@@ -39,7 +39,8 @@ async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(holder: HolderDep, m: MetricsDep) -> Response:
+async def metrics(holder: HolderDep, m: MetricsDep, decoder: DecoderDep) -> Response:
     if holder.current is not None:
         m.queue_depth.set(holder.current.batcher.queued_images)
+    m.decode_pending.set(decoder.pending_pixels)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

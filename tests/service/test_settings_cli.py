@@ -36,6 +36,9 @@ def test_bad_settings_fail_fast(repo_root, tiny_bundle) -> None:
     assert res.returncode == 2 and "device" in res.stderr
     res = run(["--bundle", str(tiny_bundle), "--index-factory", "Bogus"], repo_root)
     assert res.returncode == 2 and "FAISS cannot build 'Bogus'" in res.stderr
+    res = run(["--bundle", str(tiny_bundle), "--max-request-pixels", "200",
+               "--decode-queue-pixels", "100"], repo_root)  # fmt: skip
+    assert res.returncode == 2 and "decode_queue_pixels must be >= max_request_pixels" in res.stderr
     res = run(["--bundle", "/no/such/bundle"], repo_root)
     assert res.returncode == 2
     assert res.stderr.strip() == (
