@@ -13,15 +13,6 @@ import pytest
 
 from export.manifest import MANIFEST, MANIFEST_DIGEST, bundle_id, file_sha256
 from tests.service.conftest import png
-from tests.service.server import Server
-
-
-@pytest.fixture(scope="module")
-def srv(tiny_bundle, tmp_path_factory):
-    root = tmp_path_factory.mktemp("reload-safety")
-    s = Server(tiny_bundle, root / "data", root / "log").start()
-    yield s
-    s.stop()
 
 
 def copy_bundle(src, dst):
@@ -85,7 +76,7 @@ CASES = [
 
 @pytest.mark.parametrize(("forge", "reason"), CASES, ids=[f.__name__ for f, _ in CASES])
 def test_a_forged_bundle_is_refused_without_blocking_or_leaking(
-    srv, tiny_bundle, tmp_path, forge, reason
+    server, tiny_bundle, tmp_path, forge, reason
 ) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -95,7 +86,7 @@ def test_a_forged_bundle_is_refused_without_blocking_or_leaking(
     stop = threading.Event()
 
     def probe() -> None:  # the event loop must stay free while the reload is checked
-        with srv.client() as c:
+        with server.client() as c:
             while not stop.is_set():
                 started = time.perf_counter()
                 assert c.get("/livez").status_code == 200
@@ -105,7 +96,7 @@ def test_a_forged_bundle_is_refused_without_blocking_or_leaking(
     t = threading.Thread(target=probe)
     t.start()
     try:
-        with srv.client() as c:
+        with server.client() as c:
             r = c.post("/v1/admin/reload", json={"bundle": str(b)})
     finally:
         stop.set()
@@ -115,7 +106,7 @@ def test_a_forged_bundle_is_refused_without_blocking_or_leaking(
     assert reason in message, message
     assert str(tmp_path) not in message and "Errno" not in message, message
     assert max(slowest_livez) < 1.0
-    with srv.client() as c:  # the old bundle keeps serving
+    with server.client() as c:  # the old bundle keeps serving
         assert c.get("/readyz").json()["model"] == bundle_id(tiny_bundle)
         r = c.post("/v1/embeddings", files=[("images", ("x.png", png(), "image/png"))])
         assert r.status_code == 200

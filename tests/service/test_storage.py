@@ -16,6 +16,13 @@ def add(c, item_id: str, i: int):
                   data={"ids": item_id})  # fmt: skip
 
 
+def seed(c, prefix: str, n: int) -> list[str]:
+    """Add ``n`` items, each acknowledged; their ids."""
+    for i in range(n):
+        assert add(c, f"{prefix}-{i}", i).status_code == 200
+    return [f"{prefix}-{i}" for i in range(n)]
+
+
 def assert_all_present(s: Server, acked: list[str]) -> None:
     """After a restart every acknowledged item is there and searchable, and nothing else."""
     s.stop()
@@ -32,12 +39,9 @@ def assert_all_present(s: Server, acked: list[str]) -> None:
 def test_data_dir_deleted_while_serving_loses_nothing_acknowledged(tiny_bundle, tmp_path):
     data = tmp_path / "data"
     s = Server(tiny_bundle, data, tmp_path / "log").start()
-    acked: list[str] = []
     try:
         with s.client() as c:
-            for i in range(10):
-                assert add(c, f"d-{i}", i).status_code == 200
-                acked.append(f"d-{i}")
+            acked = seed(c, "d", 10)
             shutil.rmtree(data)
             for i in range(10, 50):
                 r = add(c, f"d-{i}", i)
@@ -57,12 +61,9 @@ def test_data_dir_deleted_while_serving_loses_nothing_acknowledged(tiny_bundle, 
 def test_read_only_data_dir_refuses_writes_and_recovers(tiny_bundle, tmp_path):
     s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", honour_modes=True).start()
     folder = tmp_path / "data" / bundle_id(tiny_bundle)
-    acked: list[str] = []
     try:
         with s.client() as c:
-            for i in range(5):
-                assert add(c, f"ro-{i}", i).status_code == 200
-                acked.append(f"ro-{i}")
+            acked = seed(c, "ro", 5)
             os.chmod(folder, 0o555)
             r = add(c, "ro-refused", 9)
             assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable"
@@ -88,12 +89,9 @@ def test_full_disk_refuses_writes_with_507_and_recovers(tiny_bundle, tmp_path):
     s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log",
                min_free_bytes=free - (256 << 20)).start()  # fmt: skip
     filler = tmp_path / "filler"
-    acked: list[str] = []
     try:
         with s.client() as c:
-            for i in range(3):
-                assert add(c, f"f-{i}", i).status_code == 200
-                acked.append(f"f-{i}")
+            acked = seed(c, "f", 3)
             with open(filler, "wb") as fh:
                 os.posix_fallocate(fh.fileno(), 0, 1 << 30)
             r = add(c, "f-refused", 5)
