@@ -13,12 +13,11 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.decoding import DecodePool
-from service.errors import install_handlers
-from service.index import WriterLockHeld
+from service.errors import Refusal, install_handlers
 from service.metrics import Metrics
 from service.middleware import IntakeMiddleware
 from service.routes import admin, embeddings, health, items, model, search
-from service.runtime import RuntimeHolder, load_runtime
+from service.runtime import RuntimeHolder, load_runtime, report_device
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.holder.current = await load_runtime(
                     settings, settings.bundle, app.state.metrics
                 )
+                report_device(app.state.holder.current, app.state.metrics)
                 log.info("ready: serving %s", settings.bundle)
-            except WriterLockHeld as exc:  # waiting would not help: refuse to run at all
+            except Refusal as exc:  # waiting would not help: refuse to run at all
                 app.state.refused = str(exc)
                 log.error("refusing to start: %s", exc)
                 app.state.stop_serving()

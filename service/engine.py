@@ -1,4 +1,11 @@
-"""onnxruntime sessions: one per exit depth plus the all-exits graph, CUDA first when allowed."""
+"""onnxruntime sessions: one per exit depth plus the all-exits graph, CUDA first when allowed.
+
+The device never lies: onnxruntime quietly builds a session on the CPU when its CUDA provider
+is listed but cannot load (a driver too old, a library missing), so the providers each session
+*actually* got are checked. ``device=cuda`` and any session without CUDA is a
+:class:`DeviceUnavailable` (the server refuses to start); ``auto`` then serves on the CPU with a
+warning.
+"""
 
 from __future__ import annotations
 
@@ -10,24 +17,40 @@ import numpy as np
 import onnxruntime as ort
 
 from export.manifest import ALL_EXITS_OUTPUT, EXIT_OUTPUT, INPUT_NAME, Manifest
+from service.errors import Refusal
 
 log = logging.getLogger(__name__)
 ALL_EXITS = 0  # the key of the all-exits session beside exit depths 1..L
 
 
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+class DeviceUnavailable(Refusal):
+    """``device=cuda`` was asked for and onnxruntime cannot run every graph on CUDA."""
+
+
 def choose_providers(device: str) -> list[str]:
     """CUDA EP first when onnxruntime reports it and the device setting allows, else CPU."""
     available = ort.get_available_providers()
-    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+    if device in ("auto", "cuda") and CUDA in available:
         if hasattr(ort, "preload_dlls"):  # CUDA/cuDNN from NVIDIA's pip wheels (GPU image)
             try:
                 ort.preload_dlls()
             except Exception as exc:  # system CUDA libraries may still be found
                 log.warning("onnxruntime.preload_dlls failed: %s", exc)
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return [CUDA, CPU]
     if device == "cuda":
-        raise RuntimeError(f"device=cuda but onnxruntime offers only {available}")
-    return ["CPUExecutionProvider"]
+        raise DeviceUnavailable(
+            f"SDSSL_DEVICE=cuda, but this onnxruntime has no CUDA provider (it offers "
+            f"{', '.join(available)}): install onnxruntime-gpu, or use SDSSL_DEVICE=auto|cpu"
+        )
+    return [CPU]
+
+
+def graph_files(manifest: Manifest) -> dict[int, str]:
+    """Session key (an exit depth, or ALL_EXITS) → the graph's file in the bundle."""
+    return {e.exit_depth: e.file for e in manifest.exits} | {ALL_EXITS: manifest.all_exits.file}
 
 
 def default_threads() -> int:
@@ -47,17 +70,34 @@ class Engine:
         opts.log_severity_level = 3
         # No busy-waiting between batches: the event loop needs those cores for HTTP work.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.sessions: dict[int, ort.InferenceSession] = {}
-        for entry in manifest.exits:
-            self.sessions[entry.exit_depth] = ort.InferenceSession(
-                str(bundle / entry.file), opts, providers=self.providers
+        files = graph_files(manifest)
+
+        def open_sessions() -> dict[int, ort.InferenceSession]:
+            return {
+                k: ort.InferenceSession(str(bundle / name), opts, providers=self.providers)
+                for k, name in files.items()
+            }
+
+        self.sessions = open_sessions()
+        on_cpu = [files[k] for k, s in self.sessions.items() if CUDA not in s.get_providers()]
+        if CUDA in self.providers and on_cpu:
+            why = (
+                f"onnxruntime lists its CUDA provider but could not start it for {len(on_cpu)} "
+                f"of {len(files)} graphs (e.g. {on_cpu[0]}): check the NVIDIA driver (CUDA 13 "
+                "needs >= 580) and that the GPU is visible in this container"
             )
-        self.sessions[ALL_EXITS] = ort.InferenceSession(
-            str(bundle / manifest.all_exits.file), opts, providers=self.providers
-        )
-        used = self.sessions[ALL_EXITS].get_providers()
-        self.device = "cuda" if "CUDAExecutionProvider" in used else "cpu"
-        log.info("engine: %d exit graphs + all_exits on %s", len(manifest.exits), used)
+            if device == "cuda":
+                raise DeviceUnavailable(f"SDSSL_DEVICE=cuda, but {why}")
+            log.warning("%s; serving on the CPU (SDSSL_DEVICE=auto)", why)
+            self.providers = [CPU]
+            self.sessions = open_sessions()  # one device for every graph
+        self.device = "cuda" if CUDA in self.providers else "cpu"
+        log.info("engine: %d exit graphs + all_exits on %s", len(manifest.exits), self.device)
+
+    def session_providers(self) -> dict[str, list[str]]:
+        """The providers each graph's session really runs on, by graph file."""
+        files = graph_files(self.manifest)
+        return {files[k]: s.get_providers() for k, s in self.sessions.items()}
 
     @property
     def exit_depths(self) -> list[int]:

@@ -24,6 +24,11 @@ class APIError(Exception):
         self.status, self.code, self.message, self.headers = status, code, message, headers
 
 
+class Refusal(RuntimeError):
+    """A reason this process must not serve at all (another writer holds the index, the
+    requested device cannot be used): ``python -m service`` exits non-zero with it, one line."""
+
+
 class StorageError(RuntimeError):
     """A write that cannot be made durable (503; 507 when ``full``): never acknowledged."""
 

@@ -38,6 +38,12 @@ class Metrics:
         self.items = Gauge(
             "sdssl_index_items", "Items per exit depth's index", ["exit_depth"], registry=r
         )
+        self.sessions = Gauge(
+            "sdssl_engine_sessions",
+            "onnxruntime sessions of the served bundle by the provider they run on",
+            ["device", "provider"],
+            registry=r,
+        )
         self.overloaded = Counter("sdssl_overloaded", "Requests refused with 503", registry=r)
         self.reloads = Counter(
             "sdssl_reloads", "Bundle reloads by outcome", ["outcome"], registry=r

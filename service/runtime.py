@@ -18,7 +18,7 @@ import numpy as np
 
 from export.manifest import Manifest, bundle_id, load_verified
 from service.batcher import Batcher, BatchRecord
-from service.engine import ALL_EXITS, Engine
+from service.engine import ALL_EXITS, Engine, choose_providers
 from service.index import ItemIndex, open_index
 from service.metrics import Metrics
 from service.planner import LatencyModel
@@ -100,6 +100,7 @@ def _build(
 ) -> tuple[Manifest, str, Engine, LatencyModel, ItemIndex]:
     manifest = load_verified(bundle)
     bid = bundle_id(bundle)
+    choose_providers(settings.device)  # an impossible device refuses before the index opens
     # A reload of the bundle being served shares its open index; otherwise the index opens
     # first, so that its writer lock refuses a second writer before any warm-up is spent.
     index = current.index if current is not None and current.bundle_id == bid else None
@@ -147,6 +148,13 @@ async def load_runtime(
     for d, n in index.index_sizes().items():
         metrics.items.labels(str(d)).set(n)
     return runtime
+
+
+def report_device(runtime: Runtime, metrics: Metrics) -> None:
+    """Set the sessions gauge to the runtime now serving."""
+    metrics.sessions.clear()
+    for providers in runtime.engine.session_providers().values():
+        metrics.sessions.labels(runtime.engine.device, providers[0]).inc()
 
 
 class RuntimeHolder:

@@ -86,7 +86,11 @@ class AccuracyRow(BaseModel):
 class ModelOut(BaseModel):
     model: str
     bundle: str
-    device: str
+    device: str = Field(description="where the graphs run: cuda or cpu")
+    providers: dict[str, list[str]] = Field(
+        description="onnxruntime providers each graph's session really runs on, by file"
+    )
+    index_device: str = Field(description="where FAISS searches run: gpu or cpu")
     items: int
     manifest: dict[str, Any]
     latency: list[LatencyRow]

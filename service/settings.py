@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="listen address")
     port: int = Field(8000, ge=0, le=65535, description="listen port (0: any free port)")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when onnxruntime (and faiss) report it, else CPU"
+        "auto",
+        description="cuda: every graph on CUDA or refuse to start (exit 3); auto: CUDA when "
+        "onnxruntime can run every graph there, else CPU with a warning; cpu",
     )
     threads: int = Field(
         0, ge=0, description="onnxruntime intra-op threads (0: all cores but one, at least 1)"

@@ -100,6 +100,11 @@ class ItemIndex:
         return self.vectors.factory
 
     @property
+    def device(self) -> str:
+        """Where searches run (``gpu`` or ``cpu``)."""
+        return self.vectors.device
+
+    @property
     def active_factory(self) -> str:
         """The factory serving now (``Flat`` until a factory that needs training can train)."""
         return self.vectors.active
@@ -252,12 +257,9 @@ class ItemIndex:
     def search(self, exit_depth: int, queries: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k items by cosine for each query row at one exit depth."""
         with self._lock:
-            total = self.vectors.sizes()[exit_depth]
-            if total == 0:
+            if self.vectors.sizes()[exit_depth] == 0:
                 return [[] for _ in range(len(queries))]
-            scores, nums = self.vectors.search(
-                exit_depth, queries, min(total, k + self.vectors.stale)
-            )
+            scores, nums = self.vectors.search(exit_depth, queries, k)
             found = self.store.lookup(sorted({int(n) for n in nums.ravel() if n >= 0}))
         results = []
         for row_scores, row_nums in zip(scores, nums, strict=True):
@@ -308,6 +310,8 @@ class ItemIndex:
                 self._rebuild()
             elif v.stale:
                 self._rebuild()
+            else:
+                v.refresh_gpu_copies()  # sheds the deletes GPU copies could not apply
             seq = self.store.last_seq()
             v.write_snapshot(self.bundle_id, seq)
             self.store.mark_snapshot(seq)

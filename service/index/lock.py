@@ -19,10 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+from service.errors import Refusal
+
 LOCK_FILE = "writer.lock"
 
 
-class WriterLockHeld(RuntimeError):
+class WriterLockHeld(Refusal):
     """Another process writes this folder; the message names it (``pid`` alone: for clients)."""
 
     def __init__(self, message: str, pid: int | None) -> None:

@@ -4,6 +4,12 @@ L2-normalised vectors = cosine), ``IDMap2`` over the factory so FAISS ids are SQ
 Snapshots are files ``index_dNN.s<seq>.faiss`` plus ``snapshot.json`` naming the change-log
 position they contain. Factories that need training (IVF…) serve from an exact index until there
 are enough items to train them.
+
+On a GPU (when FAISS has one and the setting asks for it) each depth's CPU index — always the
+persisted truth — gets a GPU copy for search, if FAISS can put that index type on a GPU (Flat and
+IVF can, HNSW cannot: it stays on the CPU, logged once). Adds go to both copies; a delete the GPU
+copy cannot apply is filtered at search time like HNSW's, and the copy is refreshed at the next
+snapshot — writes never re-copy a whole index.
 """
 
 from __future__ import annotations
@@ -21,6 +27,12 @@ from service.index.storage import fsync_write
 
 log = logging.getLogger(__name__)
 SNAPSHOT = "snapshot.json"
+
+
+def gpu_capable(dim: int, factory: str) -> bool:
+    """Whether FAISS has a GPU version of this index type (graph indexes have none)."""
+    probe = faiss.downcast_index(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))
+    return not (hasattr(probe, "hnsw") or "NSG" in type(probe).__name__)
 
 
 def training_points(dim: int, factory: str) -> int:
@@ -48,12 +60,32 @@ class VectorIndexes:
         self.indexes: dict[int, Any] = {}
         self._gpu = self._gpu_resources() if use_gpu else None
         self._gpu_indexes: dict[int, Any] = {}
+        self._gpu_stale = 0  # deletes the GPU copies still hold
+        self._gpu_refused: set[str] = set()  # index types FAISS cannot put on a GPU
+        if use_gpu and not gpu_capable(dim, factory):
+            log.info("FAISS has no GPU version of %s: it searches on the CPU", factory)
+            self._gpu_refused.add(factory)
 
     @staticmethod
     def _gpu_resources() -> Any:
         if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
+            log.info("FAISS sees no GPU: indexes search on the CPU")
             return None
         return faiss.StandardGpuResources()
+
+    @property
+    def device(self) -> str:
+        """Where searches run: ``gpu`` when the active index type has GPU copies."""
+        return "gpu" if self._gpu is not None and self.active not in self._gpu_refused else "cpu"
+
+    @property
+    def extra_fetch(self) -> int:
+        """Results a search must over-fetch: deleted vectors some copy still holds."""
+        return self.stale + (self._gpu_stale if self.device == "gpu" else 0)
+
+    def _drop_gpu_copies(self) -> None:
+        self._gpu_indexes.clear()
+        self._gpu_stale = 0
 
     def _new_index(self) -> Any:
         return faiss.index_factory(self.dim, f"IDMap2,{self.active}", faiss.METRIC_INNER_PRODUCT)
@@ -69,23 +101,32 @@ class VectorIndexes:
         if not next(iter(self.indexes.values())).is_trained and sample is not None:
             for d, index in self.indexes.items():
                 index.train(np.ascontiguousarray(sample[:, d - 1, :]))
+        self._drop_gpu_copies()
         for ids, vecs in chunks:
             self.add(ids, vecs)
-        self._gpu_indexes.clear()
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        """``vecs [N, L, D]``: row d-1 goes to depth d's index."""
+        """``vecs [N, L, D]``: row d-1 goes to depth d's index (and to its GPU copy)."""
         for d, index in self.indexes.items():
-            index.add_with_ids(np.ascontiguousarray(vecs[:, d - 1, :], dtype=np.float32), ids)
-        self._gpu_indexes.clear()
+            x = np.ascontiguousarray(vecs[:, d - 1, :], dtype=np.float32)
+            index.add_with_ids(x, ids)
+            if d in self._gpu_indexes:
+                self._gpu_indexes[d].add_with_ids(x, ids)
 
     def remove(self, ids: np.ndarray) -> None:
-        for index in self.indexes.values():
+        stale = gpu_stale = False
+        for d, index in self.indexes.items():
             try:
                 index.remove_ids(ids)
             except RuntimeError:  # e.g. HNSW: left in place, filtered out at search time
-                self.stale += len(ids)
-        self._gpu_indexes.clear()
+                stale = True
+            if d in self._gpu_indexes:
+                try:
+                    self._gpu_indexes[d].remove_ids(ids)
+                except RuntimeError:  # GPU flat indexes cannot remove: filtered likewise
+                    gpu_stale = True
+        self.stale += len(ids) if stale else 0
+        self._gpu_stale += len(ids) if gpu_stale else 0
 
     # ---- reading ---------------------------------------------------------------------------
     def sizes(self) -> dict[int, int]:
@@ -102,22 +143,33 @@ class VectorIndexes:
         except RuntimeError:
             return None
 
-    def search(
-        self, exit_depth: int, queries: np.ndarray, fetch: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, num_ids)`` of the ``fetch`` best per query row (-1 where fewer exist)."""
+    def search(self, exit_depth: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, num_ids)`` of the best ``k`` plus :attr:`extra_fetch` per query row (-1
+        where fewer exist)."""
         index = self._search_index(exit_depth)
+        fetch = max(1, min(int(index.ntotal), k + self.extra_fetch))
         inner = faiss.downcast_index(self.indexes[exit_depth].index)
         if hasattr(inner, "hnsw"):  # HNSW returns fewer than k results when efSearch < k
             inner.hnsw.efSearch = max(inner.hnsw.efSearch, fetch)
         return index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
 
     def _search_index(self, d: int) -> Any:
-        if self._gpu is None:
+        if self.device != "gpu":
             return self.indexes[d]
-        if d not in self._gpu_indexes:  # the CPU index stays the persisted truth
-            self._gpu_indexes[d] = faiss.index_cpu_to_gpu(self._gpu, 0, self.indexes[d])
+        if d not in self._gpu_indexes:  # copied once; writes then update the copy in place
+            try:
+                self._gpu_indexes[d] = faiss.index_cpu_to_gpu(self._gpu, 0, self.indexes[d])
+            except RuntimeError as exc:  # e.g. HNSW: FAISS has no GPU version of it
+                log.warning("FAISS cannot put %s on a GPU (%s): it searches on the CPU",
+                            self.active, str(exc).splitlines()[0][:120])  # fmt: skip
+                self._gpu_refused.add(self.active)
+                self._drop_gpu_copies()
+                return self.indexes[d]
         return self._gpu_indexes[d]
+
+    def refresh_gpu_copies(self) -> None:
+        """Drop the GPU copies (and the deletes they held); the next searches copy again."""
+        self._drop_gpu_copies()
 
     # ---- snapshots -------------------------------------------------------------------------
     def _file(self, d: int, seq: int) -> Path:
@@ -138,7 +190,7 @@ class VectorIndexes:
             log.warning("ignoring an unusable FAISS snapshot: %s", exc)
             return None
         self.indexes, self.stale = indexes, 0
-        self._gpu_indexes.clear()
+        self._drop_gpu_copies()
         return seq
 
     def write_snapshot(self, bundle_id: str, seq: int) -> None:

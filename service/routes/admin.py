@@ -12,7 +12,7 @@ from export.manifest import BundleIntegrityError
 from service.deps import AuthDep, HolderDep, MetricsDep, SettingsDep
 from service.errors import APIError, StorageError
 from service.index import IndexMismatch, WriterLockHeld
-from service.runtime import load_runtime
+from service.runtime import load_runtime, report_device
 from service.schemas import ERRORS, ReloadIn, ReloadOut
 
 router = APIRouter(tags=["admin"])
@@ -59,6 +59,7 @@ async def reload(
             raise APIError(409, "reload_failed", f"bundle refused: {_reason(exc)}") from exc
         same = old is not None and new.index is old.index
         holder.current = new
+        report_device(new, metrics)
         metrics.reloads.labels("ok").inc()
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.close(keep_index=same))

@@ -35,7 +35,8 @@ async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
     if problem is not None:
         body = error_body("storage_unavailable", problem)
         return JSONResponse(body, 503, headers={"Retry-After": "30"})
-    return JSONResponse({"status": "ready", "model": runtime.bundle_id})
+    body = {"status": "ready", "model": runtime.bundle_id, "device": runtime.engine.device}
+    return JSONResponse(body | {"index_device": runtime.index.device})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

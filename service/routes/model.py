@@ -32,6 +32,8 @@ async def model(runtime: RuntimeDep) -> dict:
         "model": runtime.bundle_id,
         "bundle": str(runtime.bundle),
         "device": runtime.engine.device,
+        "providers": runtime.engine.session_providers(),
+        "index_device": runtime.index.device,
         "items": await asyncio.to_thread(runtime.index.count),
         "manifest": m.model_dump(mode="json"),
         "latency": runtime.latency.table(),
