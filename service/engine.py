@@ -82,7 +82,7 @@ class Engine:
         on_cpu = [files[k] for k, s in self.sessions.items() if CUDA not in s.get_providers()]
         if CUDA in self.providers and on_cpu:
             why = (
-                f"onnxruntime lists its CUDA provider but could not start it for {len(on_cpu)} "
+                f"onnxruntime could not start its CUDA provider for {len(on_cpu)} "
                 f"of {len(files)} graphs (e.g. {on_cpu[0]}): check the NVIDIA driver (CUDA 13 "
                 "needs >= 580) and that the GPU is visible in this container"
             )
