@@ -8,10 +8,10 @@ usage() {
     cat <<USAGE
 usage: scripts/reload.sh BUNDLE_PATH [--url URL] [--api-key KEY]
 
-POST /v1/admin/reload {"bundle": BUNDLE_PATH} to the server at URL (default \$SDSSL_URL or
-http://127.0.0.1:8000) with the API key (default \$SDSSL_API_KEY). BUNDLE_PATH is the path as
-the server sees it (in compose: /bundles/<name>). On failure the server keeps its old bundle
-and this exits 1 with its reason.
+POST /v1/admin/reload {"bundle": BUNDLE_PATH} to the server at URL (default \$SDSSL_URL,
+else http://127.0.0.1:\$SDSSL_PORT, port 8000 if unset) with the API key (default
+\$SDSSL_API_KEY). BUNDLE_PATH is the path as the server sees it (in compose: /bundles/<name>).
+On failure the server keeps its old bundle and this exits 1 with its reason.
 USAGE
 }
 
@@ -19,7 +19,7 @@ USAGE
 [[ $# -ge 1 ]] || { usage >&2; die "BUNDLE_PATH is required"; }
 bundle="$1"
 shift
-url="${SDSSL_URL:-http://127.0.0.1:8000}"
+url="${SDSSL_URL:-http://127.0.0.1:${SDSSL_PORT:-8000}}"
 key="${SDSSL_API_KEY:-}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -50,5 +50,6 @@ except urllib.error.HTTPError as exc:
 except urllib.error.URLError as exc:
     print(f"error: cannot reach {url}: {exc.reason}", file=sys.stderr)
     sys.exit(1)
-print(f"now serving {body['model']} (was {body['previous']}); {body['items']} items indexed")
+n = body["items"]
+print(f"now serving {body['model']} (was {body['previous']}); {n} item{'s' * (n != 1)} indexed")
 PY

@@ -33,10 +33,11 @@ def compose_dir(tmp_path_factory) -> Path:
     return d
 
 
-def compose_config(compose_dir: Path, profile: str) -> dict:
+def compose_config(compose_dir: Path, *profiles: str) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "SDSSL_"))}
+    flags = [f for p in profiles for f in ("--profile", p)]
     res = subprocess.run(
-        [*compose_cmd(), "--profile", profile, "config"],
+        [*compose_cmd(), *flags, "config"],
         cwd=compose_dir, capture_output=True, text=True, timeout=120, env=env,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
@@ -44,23 +45,28 @@ def compose_config(compose_dir: Path, profile: str) -> dict:
 
 
 def test_compose_gpu_variant(compose_dir) -> None:
-    cfg = compose_config(compose_dir, "gpu")
+    cfg = compose_config(compose_dir, "gpu", "train")
     api = cfg["services"]["api"]
     devices = api["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
     assert api["build"]["target"] == "gpu" and api["environment"]["SDSSL_DEVICE"] == "cuda"
     assert "readyz" in " ".join(api["healthcheck"]["test"])
     targets = [v["target"] if isinstance(v, dict) else v.split(":")[1] for v in api["volumes"]]
-    assert {"/bundles", "/data"} <= set(targets)
+    assert {"/bundles", "/data", "/images"} <= set(targets)
     trainer = cfg["services"]["trainer"]
     assert trainer["build"]["dockerfile"].endswith("train.Dockerfile")
+    assert trainer["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
 
 
 def test_compose_cpu_variant(compose_dir) -> None:
-    cfg = compose_config(compose_dir, "cpu")
+    cfg = compose_config(compose_dir, "cpu", "train-cpu")
     api = cfg["services"]["api-cpu"]
     assert api["build"]["target"] == "cpu" and "deploy" not in api
     assert api["environment"]["SDSSL_BUNDLE"] == "/bundles/default"
+    read_only = {v["target"] for v in api["volumes"] if v.get("read_only")}
+    assert read_only == {"/bundles", "/images"}
+    trainer = cfg["services"]["trainer-cpu"]
+    assert "deploy" not in trainer and trainer["user"] == "10001:10001"  # .env's SDSSL_UID/GID
 
 
 def test_env_example_documents_every_compose_variable() -> None:
