@@ -63,7 +63,11 @@ def test_compose_cpu_variant(compose_dir) -> None:
     api = cfg["services"]["api-cpu"]
     assert api["build"]["target"] == "cpu" and "deploy" not in api
     assert api["environment"]["SDSSL_BUNDLE"] == "/bundles/default"
-    read_only = {v["target"] for v in api["volumes"] if v.get("read_only")}
+    read_only = {
+        v["target"] if isinstance(v, dict) else v.split(":")[1]
+        for v in api["volumes"]
+        if (v.get("read_only") if isinstance(v, dict) else v.endswith(":ro"))
+    }
     assert read_only == {"/bundles", "/images"}
     trainer = cfg["services"]["trainer-cpu"]
     assert "deploy" not in trainer and trainer["user"] == "10001:10001"  # .env's SDSSL_UID/GID
