@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.decoding import DecodePool
-from service.errors import Refusal, install_handlers
+from service.error_handlers import install_handlers
+from service.errors import Refusal
 from service.metrics import Metrics
 from service.middleware import IntakeMiddleware
 from service.routes import admin, embeddings, health, items, model, search

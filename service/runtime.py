@@ -82,7 +82,7 @@ class Runtime:
             await asyncio.to_thread(self.index.close)
 
 
-def _warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: int) -> None:
+def warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: int) -> None:
     """Time every (exit depth, batch size) of the table, plus the all-exits graph."""
     rng = np.random.default_rng(0)
     for key in [*engine.exit_depths, ALL_EXITS]:
@@ -111,7 +111,7 @@ def _build(
         engine = Engine(bundle, manifest, settings.device, settings.threads)
         latency = LatencyModel([*manifest.exit_depths, ALL_EXITS], settings.warmup_batch_sizes())
         started = time.perf_counter()
-        _warm_up(engine, latency, settings, manifest.model.img_size)
+        warm_up(engine, latency, settings, manifest.model.img_size)
     except BaseException:
         if own_index:
             index.close()

@@ -7,7 +7,8 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
-from service.errors import APIError, StorageError, install_handlers
+from service.error_handlers import install_handlers
+from service.errors import APIError, StorageError
 
 
 def app_that_fails() -> FastAPI:
