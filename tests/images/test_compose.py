@@ -93,6 +93,13 @@ def test_readme_compose_from_zero_on_the_cpu_profile(project, shared) -> None:
             assert (bundle / "manifest.json").stat().st_uid == os.getuid()  # written as the user
         if "reindex.sh" in line:
             assert "indexed 24" in res.stdout, res.stdout + res.stderr
+    # The other trainer script, as the README's rolling update runs it (a tiny, short run).
+    line = ("docker compose run --rm trainer-cpu scripts/retrain.sh --config configs/tiny.yaml "
+            "--out runs/tiny --set train.max_steps=2")  # fmt: skip
+    res = subprocess.run(as_podman(line, name, profiles), cwd=where, env=env, capture_output=True,
+                         text=True, timeout=900)  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (where / "runs" / "tiny" / "metrics.json").stat().st_uid == os.getuid()
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:

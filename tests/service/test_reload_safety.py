@@ -95,6 +95,8 @@ def test_a_forged_bundle_is_refused_without_blocking_or_leaking(
 
     t = threading.Thread(target=probe)
     t.start()
+    while not slowest_livez and t.is_alive():  # probing before the reload starts
+        time.sleep(0.01)
     try:
         with server.client() as c:
             r = c.post("/v1/admin/reload", json={"bundle": str(b)})
