@@ -17,7 +17,7 @@ import numpy as np
 
 from export.manifest import load_verified
 from service.engine import ALL_EXITS, CUDA, Engine
-from service.planner import LatencyModel
+from service.inference.latency import LatencyModel
 from service.runtime import warm_up
 from service.settings import Settings
 

@@ -20,6 +20,7 @@ from service.middleware import IntakeMiddleware
 from service.routes import admin, embeddings, health, items, model, search
 from service.runtime import RuntimeHolder, load_runtime, report_device
 from service.settings import Settings
+from service.warmup import warm_request_paths
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
             try:
-                app.state.holder.current = await load_runtime(
-                    settings, settings.bundle, app.state.metrics
-                )
-                report_device(app.state.holder.current, app.state.metrics)
+                runtime = await load_runtime(settings, settings.bundle, app.state.metrics)
+                app.state.holder.current = runtime  # /readyz stays 503 while warming
+                await warm_request_paths(app, runtime)
+                report_device(runtime, app.state.metrics)
+                app.state.warming = False
                 log.info("ready: serving %s", settings.bundle)
             except Refusal as exc:  # waiting would not help: refuse to run at all
                 app.state.refused = str(exc)
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = Metrics()
     app.state.holder = RuntimeHolder()
     app.state.load_error = None
+    app.state.warming = True  # the request paths are being warmed (not ready yet)
     app.state.refused = None  # a reason the process must not serve at all
     app.state.stop_serving = lambda: os.kill(os.getpid(), signal.SIGTERM)  # main() sets its own
     app.state.background = set()

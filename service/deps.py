@@ -14,6 +14,7 @@ from fastapi import Depends, Request
 
 from service.decoding import DecodePool
 from service.errors import APIError
+from service.inference import Admission
 from service.metrics import Metrics
 from service.runtime import Runtime, RuntimeHolder
 from service.settings import Settings
@@ -47,6 +48,19 @@ async def get_runtime(request: Request) -> AsyncIterator[Runtime]:
         runtime.active -= 1
 
 
+async def admit_inference(request: Request) -> AsyncIterator[Admission]:
+    """An inference request is in flight (for the batcher's company rule) from its arrival —
+    this runs before the body is read — until it reaches the scheduler or ends."""
+    runtime = request.app.state.holder.current
+    if runtime is None:
+        raise APIError(503, "not_ready", "the model is still loading", {"Retry-After": "5"})
+    admission = runtime.scheduler.admit()
+    try:
+        yield admission
+    finally:
+        admission.close()
+
+
 async def require_api_key(request: Request) -> None:
     """When ``SDSSL_API_KEY`` is set: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
     key = request.app.state.settings.api_key
@@ -68,3 +82,4 @@ HolderDep = Annotated[RuntimeHolder, Depends(get_holder)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 AuthDep = Annotated[None, Depends(require_api_key)]
+AdmissionDep = Annotated[Admission, Depends(admit_inference)]

@@ -9,6 +9,7 @@ warning.
 
 from __future__ import annotations
 
+import enum
 import logging
 import os
 from pathlib import Path
@@ -20,7 +21,16 @@ from export.manifest import ALL_EXITS_OUTPUT, EXIT_OUTPUT, INPUT_NAME, Manifest
 from service.errors import Refusal
 
 log = logging.getLogger(__name__)
-ALL_EXITS = 0  # the key of the all-exits session beside exit depths 1..L
+
+
+class Graph(enum.Enum):
+    """A graph that is not one exit depth's."""
+
+    ALL_EXITS = "all_exits"
+
+
+ALL_EXITS = Graph.ALL_EXITS
+GraphKey = int | Graph  # an exit depth 1..L, or the all-exits graph
 
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -48,7 +58,7 @@ def choose_providers(device: str) -> list[str]:
     return [CPU]
 
 
-def graph_files(manifest: Manifest) -> dict[int, str]:
+def graph_files(manifest: Manifest) -> dict[GraphKey, str]:
     """Session key (an exit depth, or ALL_EXITS) → the graph's file in the bundle."""
     return {e.exit_depth: e.file for e in manifest.exits} | {ALL_EXITS: manifest.all_exits.file}
 
@@ -72,7 +82,7 @@ class Engine:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         files = graph_files(manifest)
 
-        def open_sessions() -> dict[int, ort.InferenceSession]:
+        def open_sessions() -> dict[GraphKey, ort.InferenceSession]:
             return {
                 k: ort.InferenceSession(str(bundle / name), opts, providers=self.providers)
                 for k, name in files.items()
@@ -103,7 +113,7 @@ class Engine:
     def exit_depths(self) -> list[int]:
         return self.manifest.exit_depths
 
-    def run(self, exit_depth: int, images: np.ndarray) -> np.ndarray:
+    def run(self, graph: GraphKey, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, S, S, 3]`` → ``[N, D]`` at an exit depth, or ``[L, N, D]`` for ALL_EXITS."""
-        name = ALL_EXITS_OUTPUT if exit_depth == ALL_EXITS else EXIT_OUTPUT
-        return self.sessions[exit_depth].run([name], {INPUT_NAME: images})[0]
+        name = ALL_EXITS_OUTPUT if graph is ALL_EXITS else EXIT_OUTPUT
+        return self.sessions[graph].run([name], {INPUT_NAME: images})[0]

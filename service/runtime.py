@@ -1,8 +1,8 @@
 """Everything that belongs to one loaded bundle, and the holder that swaps bundles atomically.
 
-A :class:`Runtime` is built beside the one serving (sessions, warm-up, indexes), then swapped
-in by one assignment; the old one finishes its in-flight requests and is closed. Any failure
-while building leaves the old runtime serving.
+A :class:`Runtime` is built beside the one serving (sessions, warm-up, scheduler, indexes), then
+swapped in by one assignment; the old one finishes its in-flight requests and is closed. Any
+failure while building leaves the old runtime serving.
 """
 
 from __future__ import annotations
@@ -10,23 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import Manifest, bundle_id, load_verified
-from service.batcher import Batcher, BatchRecord
 from service.engine import ALL_EXITS, Engine, choose_providers
 from service.index import ItemIndex, open_index
+from service.inference import Mode, Scheduler
+from service.inference.batcher import BatchRecord
+from service.inference.latency import LatencyModel
 from service.metrics import Metrics
-from service.planner import LatencyModel
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-RESIDUAL_WINDOW = 512  # recent requests whose prediction error calibrates the planner
-RESIDUAL_QUANTILE = 99.0
 
 
 @dataclass
@@ -35,41 +33,14 @@ class Runtime:
     manifest: Manifest
     bundle_id: str
     engine: Engine
-    latency: LatencyModel
-    batcher: Batcher
+    scheduler: Scheduler
     index: ItemIndex
-    # Calibration: the recent distribution of (actual elapsed - the model's prediction). It
-    # absorbs what the latency table does not see (HTTP parsing, decoding, event-loop
-    # scheduling, CPU contention); adding its 99th percentile keeps ~99 % of predictions honest.
-    residuals: deque = field(default_factory=lambda: deque(maxlen=RESIDUAL_WINDOW))
-    _overhead_ms: float = 0.0
-    _observed: int = 0
-    active: int = 0
+    active: int = 0  # requests pinned to this runtime (closing waits for them)
     loaded_at: float = field(default_factory=time.time)
 
     @property
     def exit_depths(self) -> list[int]:
         return self.manifest.exit_depths
-
-    @property
-    def overhead_ms(self) -> float:
-        """What to add to the latency model's prediction: the residuals' 99th percentile."""
-        return self._overhead_ms
-
-    def observe_residual(self, elapsed_ms: float, predicted_ms: float) -> None:
-        """Fold one finished request: its elapsed time against the uncalibrated prediction."""
-        self.residuals.append(elapsed_ms - predicted_ms)
-        self._observed += 1
-        if self._observed < 8 or self._observed % 8 == 0:  # refresh every few requests
-            q = float(np.percentile(self.residuals, RESIDUAL_QUANTILE))
-            self._overhead_ms = max(0.0, q)
-
-    async def embed(self, exit_depth: int, images: np.ndarray) -> np.ndarray:
-        return await self.batcher.submit(exit_depth, images)
-
-    async def embed_all(self, images: np.ndarray) -> np.ndarray:
-        """``[L, N, D]``: every exit depth in one pass of the all-exits graph."""
-        return await self.batcher.submit(ALL_EXITS, images)
 
     async def close(self, keep_index: bool = False) -> None:
         """Wait for in-flight requests, drain the queue, persist and close the index (unless
@@ -77,15 +48,15 @@ class Runtime:
         deadline = time.monotonic() + 30
         while self.active and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        await self.batcher.close()
+        await self.scheduler.close()
         if not keep_index:
             await asyncio.to_thread(self.index.close)
 
 
 def warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: int) -> None:
-    """Time every (exit depth, batch size) of the table, plus the all-exits graph."""
+    """Time every (graph, batch size) of the table."""
     rng = np.random.default_rng(0)
-    for key in [*engine.exit_depths, ALL_EXITS]:
+    for key in latency.keys:
         for b in latency.batch_sizes:
             images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
             engine.run(key, images)  # first run: allocations, not timed
@@ -130,21 +101,23 @@ async def load_runtime(
     )
 
     def on_batch(rec: BatchRecord) -> None:
-        label = "all" if rec.key == ALL_EXITS else str(rec.key)
+        label = "all" if rec.key is ALL_EXITS else str(rec.key)
         metrics.batch_size.labels(label).observe(rec.size)
         metrics.batch_seconds.labels(label).observe(rec.ms / 1000)
 
-    batcher = Batcher(
+    scheduler = Scheduler(
         engine.run,
         latency,
-        settings.max_batch,
-        settings.max_wait_ms,
-        settings.queue_bound,
-        on_batch,
+        manifest.exit_depths,
+        ALL_EXITS,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        queue_bound=settings.queue_bound,
+        calibration=Mode(settings.calibration),
+        on_batch=on_batch,
     )
-    batcher.start()
-    runtime = Runtime(bundle, manifest, bid, engine, latency, batcher, index)
-    batcher.requests_in_flight = lambda: runtime.active
+    scheduler.start()
+    runtime = Runtime(bundle, manifest, bid, engine, scheduler, index)
     for d, n in index.index_sizes().items():
         metrics.items.labels(str(d)).set(n)
     return runtime

@@ -18,7 +18,9 @@ class ErrorOut(BaseModel):
 
 class TimingOut(BaseModel):
     budget_ms: float | None = Field(description="the client's budget, if it gave one")
-    predicted_ms: float = Field(description="the planner's prediction when the depth was chosen")
+    predicted_ms: float | None = Field(
+        description="the scheduler's prediction when the depth was chosen (null: no estimate)"
+    )
     elapsed_ms: float = Field(description="server-side time from arrival to response ready")
     budget_met: bool | None = Field(
         description="predicted and elapsed both within budget (null without a budget)"
@@ -69,10 +71,11 @@ class DeletedOut(BaseModel):
 
 
 class LatencyRow(BaseModel):
-    exit_depth: int = Field(description="0 is the all-exits graph")
+    exit_depth: int | None = Field(description="null for the all-exits graph")
+    graph: str = Field(description="exit_01 … exit_LL, or all_exits", examples=["exit_03"])
     batch_size: int
-    mean_ms: float
-    predicted_ms: float
+    mean_ms: float = Field(description="mean of the recent measurements")
+    predicted_ms: float = Field(description="what the scheduler predicts: their robust p99")
     samples: int
 
 

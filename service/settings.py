@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="allowed CORS origins, a JSON list; CORS is off unless set",
     )
     warmup_runs: int = Field(3, ge=1, description="timed runs per (exit depth, batch size)")
+    calibration: Literal["components", "global"] = Field(
+        "components",
+        description="how predictions absorb what the latency table cannot see: per part of a "
+        "request (components) or the previous planner's one global pad (global, to compare)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
     @field_validator("api_key")

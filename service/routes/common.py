@@ -1,28 +1,27 @@
-"""What every inference route shares: reading images from multipart or base64 JSON, choosing
-the exit depth (explicit, or from a latency budget), and the timing block of the response.
-Decoding the images is :mod:`service.decoding`'s."""
+"""What every inference route shares: reading images and fields from multipart or base64 JSON,
+and the response with its timing block. Decoding is :mod:`service.decoding`'s, choosing the
+depth the scheduler's (:mod:`service.inference`)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
-import math
-import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
-from service.batcher import Overloaded
 from service.errors import APIError
+from service.inference import Overloaded, Served
 from service.jsonio import loads_strict
 from service.metrics import Metrics
-from service.planner import choose_depth, predict_ms
 from service.runtime import Runtime
 from service.settings import Settings
 
+T = TypeVar("T")
 MULTIPART = "multipart/form-data"
 JSON = "application/json"
 
@@ -78,112 +77,44 @@ async def read_payload(request: Request, settings: Settings, image_field: str) -
     )
 
 
-def parse_number(value: Any, name: str, kind: type) -> Any:
-    """A query or body field as ``kind`` (int or float); None when absent; 422 otherwise."""
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
-        raise APIError(422, "invalid_request", f"{name} must be a number")
-    try:
-        number = kind(value)
-    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
-        raise APIError(422, "invalid_request", f"{name} must be {kind.__name__}") from exc
-    if kind is int and isinstance(value, float) and value != number:
-        raise APIError(422, "invalid_request", f"{name} must be an integer")
-    return number
+def fields(request: Request, payload: Payload) -> dict[str, Any]:
+    """The request's non-image fields: the body's, overridden by the query string's."""
+    return {**payload.fields, **request.query_params}
 
 
-def depth_or_budget(
-    request: Request, payload: Payload, runtime: Runtime
-) -> tuple[int | None, float | None]:
-    """``exit_depth`` or ``budget_ms`` from the query string or the body; never both."""
-    q = request.query_params
-    exit_depth = parse_number(
-        q.get("exit_depth", payload.fields.get("exit_depth")), "exit_depth", int
-    )
-    budget = parse_number(q.get("budget_ms", payload.fields.get("budget_ms")), "budget_ms", float)
-    if exit_depth is not None and budget is not None:
-        raise APIError(422, "invalid_request", "give exit_depth or budget_ms, not both")
+def check_depth(exit_depth: int | None, runtime: Runtime) -> None:
     if exit_depth is not None and exit_depth not in runtime.exit_depths:
         raise APIError(
             422,
             "unknown_exit_depth",
             f"exit_depth {exit_depth} is not served (available: {runtime.exit_depths})",
         )
-    if budget is not None and (not math.isfinite(budget) or budget <= 0):
-        raise APIError(422, "invalid_budget", "budget_ms must be a finite number > 0")
-    return exit_depth, budget
-
-
-@dataclass
-class Timing:
-    exit_depth: int
-    budget_ms: float | None
-    predicted_ms: float
-    fits: bool
-    arrival: float
-    overhead_ms: float  # the calibration term included in predicted_ms
-
-    def elapsed_ms(self) -> float:
-        return 1000 * (time.perf_counter() - self.arrival)
-
-    def block(self, runtime: Runtime, metrics: Metrics) -> dict[str, Any]:
-        """The response's timing; also feeds the runtime's calibration."""
-        elapsed = self.elapsed_ms()
-        runtime.observe_residual(elapsed, self.predicted_ms - self.overhead_ms)
-        met = self.fits and (self.budget_ms is None or elapsed <= self.budget_ms)
-        if self.budget_ms is not None:
-            metrics.budget.labels("met" if met else "missed").inc()
-        return {
-            "budget_ms": self.budget_ms,
-            "predicted_ms": round(self.predicted_ms, 3),
-            "elapsed_ms": round(elapsed, 3),
-            "budget_met": met if self.budget_ms is not None else None,
-        }
-
-
-def plan(
-    request: Request,
-    runtime: Runtime,
-    settings: Settings,
-    exit_depth: int | None,
-    budget: float | None,
-    n: int,
-) -> Timing:
-    """Fix the exit depth for this request: explicit, planned from the budget, or the deepest."""
-    arrival = request.scope["state"]["arrival"]
-    elapsed = 1000 * (time.perf_counter() - arrival)
-    depths = runtime.exit_depths
-    queue = runtime.batcher.state()
-    if budget is not None:
-        p = choose_depth(
-            runtime.latency, depths, budget, n, queue, settings.max_wait_ms, elapsed,
-            runtime.overhead_ms,
-        )  # fmt: skip
-        timing = Timing(p.exit_depth, budget, p.predicted_ms, p.fits, arrival, runtime.overhead_ms)
-    else:
-        d = exit_depth if exit_depth is not None else depths[-1]
-        predicted = predict_ms(
-            runtime.latency, d, n, queue, settings.max_wait_ms, elapsed, runtime.overhead_ms
-        )
-        timing = Timing(d, None, predicted, True, arrival, runtime.overhead_ms)
-    request.scope["state"]["exit_depth"] = timing.exit_depth
-    return timing
 
 
 def timed_response(
-    body: dict[str, Any], timing: Timing, runtime: Runtime, metrics: Metrics
+    request: Request,
+    body: dict[str, Any],
+    served: Served,
+    runtime: Runtime,
+    metrics: Metrics,
+    route: str,
 ) -> JSONResponse:
-    """The JSON response of an inference route: ``body`` + model, exit depth and timing, with
-    the same depth and elapsed time in ``X-Exit-Depth`` / ``X-Elapsed-Ms``."""
-    block = timing.block(runtime, metrics)
-    content = {"model": runtime.bundle_id, "exit_depth": timing.exit_depth, **body, "timing": block}
-    headers = {"X-Exit-Depth": str(timing.exit_depth), "X-Elapsed-Ms": f"{block['elapsed_ms']:.3f}"}
+    """The JSON response of an inference route: ``body`` + model, exit depth and timing (the
+    scheduler learns from it), with the same depth and elapsed time in ``X-Exit-Depth`` /
+    ``X-Elapsed-Ms``."""
+    timing = runtime.scheduler.answered(served, route=route)
+    request.scope["state"]["exit_depth"] = served.exit_depth  # the per-depth latency metric
+    if served.budget_ms is not None:
+        metrics.budget.labels("met" if timing["budget_met"] else "missed").inc()
+    content = {"model": runtime.bundle_id, "exit_depth": served.exit_depth, **body,
+               "timing": timing}  # fmt: skip
+    headers = {"X-Exit-Depth": str(served.exit_depth),
+               "X-Elapsed-Ms": f"{timing['elapsed_ms']:.3f}"}  # fmt: skip
     return JSONResponse(content, headers=headers)
 
 
-async def run_batched(coro, metrics: Metrics):
-    """Await a batcher submission; overload becomes 503 with Retry-After."""
+async def run_batched(coro: Awaitable[T], metrics: Metrics) -> T:
+    """Await a scheduler run; overload becomes 503 with Retry-After."""
     try:
         return await coro
     except Overloaded as exc:

@@ -5,21 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.deps import DecoderDep, MetricsDep, RuntimeDep, SettingsDep
-from service.routes.common import (
-    depth_or_budget,
-    plan,
-    read_payload,
-    run_batched,
-    timed_response,
-)
+from service.deps import AdmissionDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
+from service.routes.common import check_depth, fields, read_payload, run_batched, timed_response
+from service.routes.params import DepthOrBudget, parse, schema
 from service.schemas import ERRORS, EmbeddingsOut, image_request_body
 
 router = APIRouter(tags=["embeddings"])
-OPTIONS = {
-    "exit_depth": {"type": "integer", "description": "blocks to run (1..L)"},
-    "budget_ms": {"type": "number", "description": "latency budget; the server picks the depth"},
-}
+ROUTE = "embeddings"
 
 
 @router.post(
@@ -30,19 +22,25 @@ OPTIONS = {
     description='Send images as multipart files `images` or JSON `{"images": [base64, ...]}`. '
     "Give `exit_depth` **or** `budget_ms` (query or body field); neither means full depth. "
     "The response and the headers `X-Exit-Depth` / `X-Elapsed-Ms` say what was done.",
-    openapi_extra=image_request_body("images", True, OPTIONS),
+    openapi_extra=image_request_body("images", True, schema(DepthOrBudget)),
 )
 async def embeddings(
     request: Request,
+    admission: AdmissionDep,
     runtime: RuntimeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     decoder: DecoderDep,
 ) -> JSONResponse:
     payload = await read_payload(request, settings, "images")
-    exit_depth, budget = depth_or_budget(request, payload, runtime)
+    params = parse(DepthOrBudget, fields(request, payload))
+    check_depth(params.exit_depth, runtime)
     images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
-    timing = plan(request, runtime, settings, exit_depth, budget, len(images))
-    vectors = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
-    body = {"dim": int(vectors.shape[1]), "embeddings": vectors.tolist()}
-    return timed_response(body, timing, runtime, metrics)
+    served = await run_batched(
+        runtime.scheduler.run(images, admission=admission, route=ROUTE,
+                              arrival=request.scope["state"]["arrival"],
+                              exit_depth=params.exit_depth, budget_ms=params.budget_ms),
+        metrics,
+    )  # fmt: skip
+    body = {"dim": int(served.output.shape[1]), "embeddings": served.output.tolist()}
+    return timed_response(request, body, served, runtime, metrics, ROUTE)

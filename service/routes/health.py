@@ -27,7 +27,7 @@ async def livez() -> dict:
 )
 async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
     runtime = holder.current
-    if runtime is None:
+    if runtime is None or request.app.state.warming:
         error = request.app.state.load_error
         message = f"failed to load: {error}" if error else "loading"
         return JSONResponse(error_body("not_ready", message), 503, headers={"Retry-After": "5"})
@@ -42,6 +42,6 @@ async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(holder: HolderDep, m: MetricsDep, decoder: DecoderDep) -> Response:
     if holder.current is not None:
-        m.queue_depth.set(holder.current.batcher.queued_images)
+        m.queue_depth.set(holder.current.scheduler.batcher.queued_images)
     m.decode_pending.set(decoder.pending_pixels)
     return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Path, Request
 
-from service.deps import AuthDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
+from service.deps import AdmissionDep, AuthDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
 from service.errors import APIError
 from service.jsonio import dumps_canonical, loads_field, nesting_depth
 from service.routes.common import read_payload, run_batched
@@ -16,6 +16,7 @@ from service.schemas import ERRORS, DeletedOut, ItemOut, ItemsOut, image_request
 from service.settings import Settings
 
 router = APIRouter(tags=["items"])
+ROUTE = "items"
 MAX_ID = 256
 ID_RULE = (
     f"1..{MAX_ID} printable characters, without '/' or '\\', and not '.' or '..' "
@@ -107,6 +108,7 @@ def _metadata(raw: object, n: int, from_text: bool, settings: Settings) -> list[
 async def add_items(
     request: Request,
     _: AuthDep,
+    admission: AdmissionDep,
     runtime: RuntimeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
@@ -119,10 +121,14 @@ async def add_items(
     ids = _ids(ids_raw, len(payload.images))
     metadata = _metadata(meta_raw, len(payload.images), multipart, settings)
     images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
-    vectors = await run_batched(runtime.embed_all(images), metrics)  # [L, N, D]
-    replaced = await asyncio.to_thread(
-        runtime.index.upsert, ids, metadata, vectors.transpose(1, 0, 2)
-    )
+    served = await run_batched(
+        runtime.scheduler.run(images, admission=admission, route=ROUTE, all_exits=True,
+                              arrival=request.scope["state"]["arrival"]),
+        metrics,
+    )  # fmt: skip
+    vectors = served.output.transpose(1, 0, 2)  # [L, N, D] -> [N, L, D]
+    replaced = await asyncio.to_thread(runtime.index.upsert, ids, metadata, vectors)
+    runtime.scheduler.answered(served, route=ROUTE)
     for d, n in runtime.index.index_sizes().items():
         metrics.items.labels(str(d)).set(n)
     return {

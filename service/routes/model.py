@@ -24,7 +24,7 @@ async def model(runtime: RuntimeDep) -> dict:
             "exit_depth": e.exit_depth,
             "knn_top1": e.knn_top1,
             "linear_top1": e.linear_top1,
-            "predicted_ms_batch1": round(runtime.latency.predict(e.exit_depth, 1), 3),
+            "predicted_ms_batch1": round(runtime.scheduler.latency.predict(e.exit_depth, 1), 3),
         }
         for e in m.exits
     ]
@@ -36,6 +36,6 @@ async def model(runtime: RuntimeDep) -> dict:
         "index_device": runtime.index.device,
         "items": await asyncio.to_thread(runtime.index.count),
         "manifest": m.model_dump(mode="json"),
-        "latency": runtime.latency.table(),
+        "latency": runtime.scheduler.table(),
         "curve": curve,
     }

@@ -9,26 +9,15 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from service.deps import DecoderDep, MetricsDep, RuntimeDep, SettingsDep
+from service.deps import AdmissionDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
 from service.errors import APIError
 from service.jsonio import loads_field
-from service.routes.common import (
-    depth_or_budget,
-    parse_number,
-    plan,
-    read_payload,
-    run_batched,
-    timed_response,
-)
+from service.routes.common import check_depth, fields, read_payload, run_batched, timed_response
+from service.routes.params import SearchParams, parse, schema
 from service.schemas import ERRORS, SearchOut, image_request_body
 
 router = APIRouter(tags=["search"])
-OPTIONS = {
-    "vector": {"type": "array", "items": {"type": "number"}, "description": "instead of image"},
-    "k": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-    "exit_depth": {"type": "integer"},
-    "budget_ms": {"type": "number"},
-}
+ROUTE = "search"
 
 
 def _vector(raw, dim: int) -> np.ndarray:
@@ -59,35 +48,41 @@ def _vector(raw, dim: int) -> np.ndarray:
     summary="Find the k nearest items to an image or a vector",
     description="One image (multipart `image` or JSON base64 `image`) embedded at `exit_depth` "
     "or within `budget_ms`; or a `vector` with its `exit_depth`. Scores are cosine similarity.",
-    openapi_extra=image_request_body("image", False, OPTIONS),
+    openapi_extra=image_request_body("image", False, schema(SearchParams)),
 )
 async def search(
     request: Request,
+    admission: AdmissionDep,
     runtime: RuntimeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     decoder: DecoderDep,
 ) -> JSONResponse:
     payload = await read_payload(request, settings, "image")
-    exit_depth, budget = depth_or_budget(request, payload, runtime)
-    k = parse_number(request.query_params.get("k", payload.fields.get("k")), "k", int)
-    k = 10 if k is None else k
-    if not 1 <= k <= 1000:
-        raise APIError(422, "invalid_k", "k must be between 1 and 1000")
-    vector = payload.fields.get("vector")
-    if vector is not None:
+    params = parse(SearchParams, fields(request, payload))
+    check_depth(params.exit_depth, runtime)
+    arrival = request.scope["state"]["arrival"]
+    if params.vector is not None:
         if payload.images:
             raise APIError(422, "invalid_request", "send an image or a vector, not both")
-        if exit_depth is None:
+        if params.exit_depth is None:
             raise APIError(422, "invalid_request", "a vector needs the exit_depth it came from")
-        query = _vector(vector, runtime.manifest.model.dim)
-        timing = plan(request, runtime, settings, exit_depth, None, 0)
+        query = _vector(params.vector, runtime.manifest.model.dim)
+        served = runtime.scheduler.without_compute(
+            admission=admission, route=f"{ROUTE}:vector", arrival=arrival,
+            exit_depth=params.exit_depth,
+        )  # fmt: skip
     else:
         if len(payload.images) != 1:
             raise APIError(422, "invalid_request", "send exactly one image (or a vector)")
         images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
-        timing = plan(request, runtime, settings, exit_depth, budget, 1)
-        query = await run_batched(runtime.embed(timing.exit_depth, images), metrics)
-    hits = (await asyncio.to_thread(runtime.index.search, timing.exit_depth, query, k))[0]
+        served = await run_batched(
+            runtime.scheduler.run(images, admission=admission, route=ROUTE, arrival=arrival,
+                                  exit_depth=params.exit_depth, budget_ms=params.budget_ms),
+            metrics,
+        )  # fmt: skip
+        query = served.output
+    hits = (await asyncio.to_thread(runtime.index.search, served.exit_depth, query, params.k))[0]
     results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
-    return timed_response({"results": results}, timing, runtime, metrics)
+    route = ROUTE if served.ran is not None else f"{ROUTE}:vector"
+    return timed_response(request, {"results": results}, served, runtime, metrics, route)

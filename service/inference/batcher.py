@@ -1,10 +1,12 @@
-"""Dynamic batching: per-key queues (an exit depth, or 0 for all exits), one compute worker.
+"""Dynamic batching: one queue per graph (an exit depth, or the all-exits graph), one worker.
 
-Requests enqueue jobs; a single worker task forms batches — the key whose oldest job is oldest
-goes next, taking jobs up to ``max_batch`` images, waiting at most ``max_wait_ms`` for company —
-and runs them on one thread off the event loop (onnxruntime uses every core for one batch; two
-batches at once would only fight). The queue is bounded: beyond ``queue_bound`` waiting images a
-request is refused with :class:`Overloaded` (503 + Retry-After).
+Requests enqueue jobs; a single worker task forms batches — the graph whose oldest job is oldest
+goes next, taking jobs up to ``max_batch`` images, waiting at most ``max_wait_ms`` for company
+while more requests are on their way (``upstream``) — and runs them on one thread off the event
+loop (onnxruntime uses every core for one batch; two batches at once would only fight). The
+queue is bounded: beyond ``queue_bound`` waiting images a request is refused with
+:class:`Overloaded` (503 + Retry-After). The batcher knows nothing of budgets: that is the
+scheduler's business (:mod:`service.inference.scheduler`).
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.planner import LatencyModel, QueueState
+from service.inference.latency import LatencyModel
+from service.inference.planner import QueueState
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +39,26 @@ class Overloaded(Exception):
 
 @dataclass
 class Job:
-    key: int
+    key: Hashable
     images: np.ndarray
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
+@dataclass(frozen=True)
+class Ran:
+    """One job's result and when its batch ran (``time.perf_counter`` seconds)."""
+
+    rows: np.ndarray
+    enqueued: float
+    started: float
+    finished: float
+    batch_size: int
+
+
 @dataclass
 class BatchRecord:
-    key: int
+    key: Hashable
     size: int
     ms: float
 
@@ -54,8 +68,9 @@ class Batcher:
 
     def __init__(
         self,
-        run: Callable[[int, np.ndarray], np.ndarray],
+        run: Callable[[Hashable, np.ndarray], np.ndarray],
         latency: LatencyModel,
+        *,
         max_batch: int,
         max_wait_ms: float,
         queue_bound: int,
@@ -68,8 +83,8 @@ class Batcher:
             queue_bound,
         )
         self._on_batch = on_batch
-        self._queues: dict[int, deque[Job]] = {}
-        self._pending: dict[int, int] = {}
+        self._queues: dict[Hashable, deque[Job]] = {}
+        self._pending: dict[Hashable, int] = {}
         self._total = 0
         self._inflight: tuple[float, float] | None = None  # (started, predicted ms)
         self._wake = asyncio.Event()
@@ -77,9 +92,9 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._closed = False
         self._outstanding = 0  # submitted jobs not yet answered
-        # Requests in progress upstream (parsing, decoding); set by the runtime. Waiting for
-        # company only pays when more requests are in flight than have been submitted.
-        self.requests_in_flight: Callable[[], int] = lambda: self._outstanding + 1
+        # Inference requests admitted but not yet submitted (parsing, decoding): the scheduler
+        # counts them. Waiting for company only pays when some are on their way.
+        self.upstream: Callable[[], int] = lambda: 0
 
     @property
     def queued_images(self) -> int:
@@ -108,6 +123,7 @@ class Batcher:
         self._executor.shutdown(wait=True)
 
     def state(self) -> QueueState:
+        """What a request submitted now would find ahead of it."""
         remaining = 0.0
         if self._inflight is not None:
             started, predicted = self._inflight
@@ -115,11 +131,11 @@ class Batcher:
         return QueueState(
             pending=dict(self._pending),
             inflight_remaining_ms=remaining,
-            idle=self._inflight is None and self._total == 0,
+            company=self.upstream() > 1,  # someone besides the asker is on the way
         )
 
-    async def submit(self, key: int, images: np.ndarray) -> np.ndarray:
-        """Queue ``images`` for ``key`` and wait for the result rows (or raise Overloaded)."""
+    async def submit(self, key: Hashable, images: np.ndarray) -> Ran:
+        """Queue ``images`` for graph ``key`` and wait for its rows (or raise Overloaded)."""
         n = len(images)
         if self._closed:
             raise Overloaded(1)
@@ -143,11 +159,11 @@ class Batcher:
         )
         return max(1, math.ceil(ahead / 1000)) if math.isfinite(ahead) else 1
 
-    def _next_key(self) -> int | None:
+    def _next_key(self) -> Hashable | None:
         heads = [(q[0].enqueued, k) for k, q in self._queues.items() if q]
         return min(heads)[1] if heads else None
 
-    def _take(self, key: int) -> list[Job]:
+    def _take(self, key: Hashable) -> list[Job]:
         queue, jobs, size = self._queues[key], [], 0
         while queue and (not jobs or size + len(queue[0].images) <= self.max_batch):
             job = queue.popleft()
@@ -170,7 +186,7 @@ class Batcher:
             # Wait for company while the batch is not full, its oldest job is young enough, and
             # other requests are on their way (no one to wait for at concurrency 1).
             head_age = time.perf_counter() - self._queues[key][0].enqueued
-            company = self.requests_in_flight() > self._outstanding
+            company = self.upstream() > 0
             if (
                 company
                 and self._pending.get(key, 0) < self.max_batch
@@ -190,14 +206,15 @@ class Batcher:
             try:
                 out = await loop.run_in_executor(self._executor, self._run, key, batch)
             except Exception as exc:  # a failed run fails its requests, never the worker
-                log.exception("batch of %d at key %d failed", len(batch), key)
+                log.exception("batch of %d on graph %s failed", len(batch), key)
                 for j in jobs:
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
             finally:
                 self._inflight = None
-            ms = 1000 * (time.perf_counter() - started)
+            finished = time.perf_counter()
+            ms = 1000 * (finished - started)
             self.latency.observe(key, len(batch), ms)
             if self._on_batch:
                 self._on_batch(BatchRecord(key, len(batch), ms))
@@ -207,4 +224,4 @@ class Batcher:
                 rows = out[offset : offset + n] if out.ndim == 2 else out[:, offset : offset + n]
                 offset += n
                 if not j.future.done():
-                    j.future.set_result(rows)
+                    j.future.set_result(Ran(rows, j.enqueued, started, finished, len(batch)))

@@ -1,0 +1,115 @@
+"""Measured latencies and their tails: the one place that turns observations into predictions.
+
+Everything the scheduler predicts is a high quantile of recent observations, computed the same
+robust way (:func:`tail`): the rank a 99th percentile asks for, but never the very largest of a
+window once it holds a few samples — so one stalled request (a page fault, a GC pause, a
+SIGSTOP) does not raise every prediction that follows it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from collections import deque
+from collections.abc import Hashable, Iterable
+
+QUANTILE = 0.99
+WINDOW = 128  # observations kept per (graph, batch size) and per timing component
+
+
+def tail(samples: Iterable[float], quantile: float = QUANTILE) -> float:
+    """The ``quantile`` of ``samples``, ignoring the single largest once there are 8 or more:
+    the k-th largest with k = max(ceil((1 - q) n), 2). 0.0 for no samples."""
+    xs = sorted(samples)
+    n = len(xs)
+    if not n:
+        return 0.0
+    k = max(math.ceil(round((1 - quantile) * n, 9)), 2 if n >= 8 else 1)
+    return xs[-min(k, n)]
+
+
+class Window:
+    """The last ``size`` observations of one quantity, and their :func:`tail`."""
+
+    def __init__(self, size: int = WINDOW) -> None:
+        self._xs: deque[float] = deque(maxlen=size)
+        self._tail: float | None = None
+
+    def add(self, x: float) -> None:
+        self._xs.append(x)
+        self._tail = None
+
+    def __len__(self) -> int:
+        return len(self._xs)
+
+    def clear(self) -> None:
+        self._xs.clear()
+        self._tail = None
+
+    @property
+    def tail(self) -> float:
+        if self._tail is None:
+            self._tail = tail(self._xs)
+        return self._tail
+
+    @property
+    def mean(self) -> float:
+        return sum(self._xs) / len(self._xs) if self._xs else 0.0
+
+
+class LatencyModel:
+    """Compute time per (graph, batch size bucket): measured at warm-up, then from every batch.
+
+    ``key`` is whatever names a graph (an exit depth, or the all-exits graph). ``predict`` is the
+    robust 99th percentile of the bucket that covers the batch; a batch larger than every bucket
+    is predicted as chunks of the largest.
+    """
+
+    def __init__(self, keys: Iterable[Hashable], batch_sizes: list[int]) -> None:
+        self.keys = list(keys)
+        self.batch_sizes = sorted(set(batch_sizes))
+        self._windows: dict[tuple[Hashable, int], Window] = {}
+        self._lock = threading.Lock()
+
+    def bucket(self, n: int) -> int:
+        """The measured batch size that covers ``n`` images (smallest >= n, else the largest)."""
+        i = bisect.bisect_left(self.batch_sizes, n)
+        return self.batch_sizes[min(i, len(self.batch_sizes) - 1)]
+
+    def observe(self, key: Hashable, n: int, ms: float) -> None:
+        """Fold one measured run of ``n`` images into its bucket."""
+        b = self.bucket(n)
+        if n > b:  # larger than any bucket: scale to the bucket's size
+            ms = ms * b / n
+        with self._lock:
+            self._windows.setdefault((key, b), Window()).add(ms)
+
+    def predict(self, key: Hashable, n: int) -> float:
+        """Predicted ms (robust p99) to run ``n`` images of graph ``key``."""
+        if n <= 0:
+            return 0.0
+        top = self.batch_sizes[-1]
+        full, rest = divmod(n, top)
+        total = full * self._tail(key, top)
+        if rest:
+            total += self._tail(key, self.bucket(rest))
+        return total
+
+    def _tail(self, key: Hashable, b: int) -> float:
+        with self._lock:
+            window = self._windows.get((key, b))
+            if window is not None and len(window):
+                return window.tail
+            # Unmeasured: the nearest measured smaller bucket, scaled up.
+            smaller = [s for s in self.batch_sizes if s < b and (key, s) in self._windows]
+            if not smaller:
+                return math.inf
+            s = smaller[-1]
+            return self._windows[(key, s)].tail * b / s
+
+    def rows(self) -> list[tuple[Hashable, int, float, float, int]]:
+        """``(key, batch size, mean ms, predicted ms, samples)`` for every measured bucket."""
+        with self._lock:
+            items = list(self._windows.items())
+        return [(k, b, w.mean, w.tail, len(w)) for (k, b), w in items]

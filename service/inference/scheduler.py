@@ -1,0 +1,176 @@
+"""The Scheduler: the one component that decides what runs when.
+
+It owns the per-graph queues (:class:`~.batcher.Batcher`), the latency model and its
+calibration, and the count of inference requests in flight. A route admits a request
+(:meth:`Scheduler.admit`) as soon as it starts parsing, then hands over its decoded images with
+a target — an ``exit_depth``, a ``budget_ms``, or every exit — and gets back what was served and
+how long it was predicted to take; :meth:`Scheduler.answered` closes the loop once the response
+is ready, feeding the calibration and producing the response's timing block. ``exit_depth`` and
+``budget_ms`` keep their names from the route to the onnxruntime session.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import numpy as np
+
+from service.inference.batcher import Batcher, BatchRecord, Ran
+from service.inference.calibration import Calibration, Mode
+from service.inference.latency import LatencyModel
+from service.inference.planner import choose_depth, estimate
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a request got: rows (``[N, D]``, or ``[L, N, D]`` for every exit) and its plan."""
+
+    output: np.ndarray | None  # None: nothing to compute (a search by vector)
+    exit_depth: int | None  # None: every exit (the all-exits graph)
+    budget_ms: float | None
+    predicted_ms: float
+    fits: bool  # a depth was predicted to fit the budget (always True without one)
+    arrival: float  # time.perf_counter() seconds
+    submitted: float
+    predicted_wait_ms: float
+    uncalibrated_ms: float  # predicted_ms without the calibration's pads
+    ran: Ran | None
+
+
+class Admission:
+    """One inference request between arrival and submission: the batcher waits for company
+    only while such requests exist."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler, self._open = scheduler, True
+        scheduler.upstream += 1
+
+    def close(self) -> None:
+        if self._open:
+            self._open = False
+            self._scheduler.upstream -= 1
+
+
+class Scheduler:
+    def __init__(
+        self,
+        run: Callable[[Hashable, np.ndarray], np.ndarray],
+        latency: LatencyModel,
+        exit_depths: list[int],
+        all_exits: Hashable,
+        *,
+        max_batch: int,
+        max_wait_ms: float,
+        queue_bound: int,
+        calibration: Mode = Mode.COMPONENTS,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+    ) -> None:
+        self.latency, self.exit_depths, self.all_exits = latency, list(exit_depths), all_exits
+        self.max_wait_ms = max_wait_ms
+        self.calibration = Calibration(calibration)
+        self.upstream = 0  # admitted inference requests not yet submitted
+        self.batcher = Batcher(run, latency, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                               queue_bound=queue_bound, on_batch=on_batch)  # fmt: skip
+        self.batcher.upstream = lambda: self.upstream
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def close(self) -> None:
+        await self.batcher.close()
+
+    def admit(self) -> Admission:
+        return Admission(self)
+
+    async def run(
+        self,
+        images: np.ndarray,
+        *,
+        admission: Admission,
+        route: str,
+        arrival: float,
+        exit_depth: int | None = None,
+        budget_ms: float | None = None,
+        all_exits: bool = False,
+    ) -> Served:
+        """Plan (the deepest depth predicted to fit ``budget_ms``; else ``exit_depth``; else the
+        deepest; or every exit), submit, and wait for the rows. Raises ``Overloaded``."""
+        now = time.perf_counter()
+        pads = self.calibration.pads(route)
+        queue = self.batcher.state()
+        elapsed_ms = 1000 * (now - arrival)
+        common = dict(model=self.latency, n=len(images), queue=queue, elapsed_ms=elapsed_ms,
+                      max_wait_ms=self.max_wait_ms, pads=pads)  # fmt: skip
+        fits = True
+        if all_exits:
+            est = estimate(key=self.all_exits, **common)
+        elif budget_ms is not None:
+            est, fits = choose_depth(exit_depths=self.exit_depths, budget_ms=budget_ms, **common)
+        else:
+            d = exit_depth if exit_depth is not None else self.exit_depths[-1]
+            est = estimate(key=d, **common)
+        admission.close()
+        submitted = time.perf_counter()
+        ran = await self.batcher.submit(est.key, images)
+        pad_total = pads.wait_ms + pads.after_ms + pads.whole_ms
+        return Served(
+            output=ran.rows,
+            exit_depth=None if all_exits else int(est.key),
+            budget_ms=budget_ms,
+            predicted_ms=est.total_ms,
+            fits=fits,
+            arrival=arrival,
+            submitted=submitted,
+            predicted_wait_ms=est.wait_ms,
+            uncalibrated_ms=est.total_ms - pad_total,
+            ran=ran,
+        )
+
+    def without_compute(
+        self, *, admission: Admission, route: str, arrival: float, exit_depth: int
+    ) -> Served:
+        """A request that runs no graph (a search by vector): only its after-part is
+        predicted."""
+        admission.close()
+        now = time.perf_counter()
+        pads = self.calibration.pads(route)
+        raw = 1000 * (now - arrival)
+        predicted = raw + pads.after_ms + pads.whole_ms
+        return Served(None, exit_depth, None, predicted, True, arrival, now, 0.0, raw, None)
+
+    def answered(self, served: Served, *, route: str) -> dict[str, float | bool | None]:
+        """The response is ready: learn from this request and return its timing block."""
+        now = time.perf_counter()
+        elapsed = 1000 * (now - served.arrival)
+        if served.ran is not None:
+            waited = 1000 * (served.ran.started - served.submitted)
+            after = 1000 * (now - served.ran.finished)
+        else:
+            waited, after = served.predicted_wait_ms, 1000 * (now - served.submitted)
+        self.calibration.observe(
+            route,
+            wait_error_ms=waited - served.predicted_wait_ms,
+            after_ms=after,
+            whole_error_ms=elapsed - served.uncalibrated_ms,
+        )
+        budget, predicted = served.budget_ms, served.predicted_ms
+        return {
+            "budget_ms": budget,
+            "predicted_ms": round(predicted, 3) if math.isfinite(predicted) else None,
+            "elapsed_ms": round(elapsed, 3),
+            "budget_met": None if budget is None else served.fits and elapsed <= budget,
+        }
+
+    def table(self) -> list[dict[str, object]]:
+        """The latency table for /v1/model: one row per measured (graph, batch size)."""
+        rows = []
+        for key, b, mean, predicted, samples in self.latency.rows():
+            depth = None if key == self.all_exits else int(key)
+            rows.append({"exit_depth": depth, "graph": "all_exits" if depth is None else
+                         f"exit_{depth:02d}", "batch_size": b, "mean_ms": round(mean, 3),
+                         "predicted_ms": round(predicted, 3), "samples": samples})  # fmt: skip
+        return sorted(rows, key=lambda r: (r["exit_depth"] is None, r["exit_depth"] or 0,
+                                           r["batch_size"]))  # fmt: skip

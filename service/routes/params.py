@@ -1,0 +1,75 @@
+"""The fields the inference routes take besides images: one pydantic model per route, which is
+both the validation (of query parameters, multipart fields and JSON bodies alike) and the
+OpenAPI schema of those fields."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from service.errors import APIError
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # pydantic's lax mode would read true as 1
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_not_bool)]
+Float = Annotated[float, BeforeValidator(_not_bool)]
+
+
+class DepthOrBudget(BaseModel):
+    """``exit_depth`` or ``budget_ms``, never both; neither means the deepest exit."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    exit_depth: Int | None = Field(
+        None, description="blocks to run, 1..L (see GET /v1/model for the served exits)"
+    )
+    budget_ms: Float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="server-side latency budget: the deepest exit predicted to fit is served",
+    )
+
+    @model_validator(mode="after")
+    def _one_of(self) -> DepthOrBudget:
+        if self.exit_depth is not None and self.budget_ms is not None:
+            raise ValueError("give exit_depth or budget_ms, not both")
+        return self
+
+
+class SearchParams(DepthOrBudget):
+    k: Int = Field(10, ge=1, le=1000, description="how many neighbours")
+    vector: Any = Field(
+        None,
+        description="instead of an image: an embedding (a JSON list of numbers) with the "
+        "exit_depth it came from",
+        json_schema_extra={"type": "array", "items": {"type": "number"}},
+    )
+
+
+CODES = {"budget_ms": "invalid_budget", "k": "invalid_k"}
+
+
+def parse(model: type[BaseModel], fields: dict[str, Any]) -> Any:
+    """Validate ``fields`` (query parameters over body fields) with ``model``; 422 with the
+    field's error code otherwise."""
+    try:
+        return model.model_validate({k: v for k, v in fields.items() if v not in (None, "")})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else ""
+        message = err["msg"].removeprefix("Value error, ")
+        raise APIError(
+            422, CODES.get(field, "invalid_request"), f"{field}: {message}" if field else message
+        ) from exc
+
+
+def schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The fields' OpenAPI schema (properties), for the routes' request bodies."""
+    return model.model_json_schema()["properties"]

@@ -1,0 +1,196 @@
+"""service/inference on its own: the planner's arithmetic, robust tails, the batcher with a
+plain function as its engine, and the scheduler's choices (no model, no server)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from service.inference import Mode, Overloaded, Scheduler
+from service.inference.batcher import Batcher
+from service.inference.latency import LatencyModel, tail
+from service.inference.planner import Pads, QueueState, choose_depth, estimate
+
+ALL = "all"
+
+
+def model(keys=(1, 2, 3, 4, ALL)) -> LatencyModel:
+    """Depth d at batch b costs d * (1 + b / 4) ms, exactly (all exits: as depth 5)."""
+    m = LatencyModel(list(keys), [1, 2, 4, 8])
+    for d in keys:
+        for b in (1, 2, 4, 8):
+            for _ in range(3):
+                m.observe(d, b, (5 if d == ALL else d) * (1.0 + 0.25 * b))
+    return m
+
+
+IDLE = QueueState(pending={}, inflight_remaining_ms=0.0, company=False)
+
+
+def test_tail_is_a_high_quantile_that_one_outlier_cannot_move() -> None:
+    xs = [1.0] * 99 + [500.0]
+    assert tail(xs) == 1.0  # the single largest is ignored
+    assert tail([1.0] * 98 + [400.0, 500.0]) == 400.0  # two are a tail, not an outlier
+    assert tail([3.0, 1.0, 2.0]) == 3.0  # few samples: the largest (conservative)
+    assert tail(range(1000)) == 990  # the 99th percentile of a long window
+    assert tail([]) == 0.0
+
+
+def test_latency_model_predicts_per_bucket_and_chunks_large_batches() -> None:
+    m = model()
+    assert m.predict(2, 1) == 2 * 1.25
+    assert m.predict(2, 3) == m.predict(2, 4)  # covered by the 4-bucket
+    assert m.predict(2, 16) == 2 * m.predict(2, 8)
+    lone = LatencyModel([1], [1, 4])
+    lone.observe(1, 1, 2.0)
+    assert lone.predict(1, 4) == 8.0  # unmeasured bucket: the smaller one, scaled
+    assert LatencyModel([1], [1]).predict(1, 1) == float("inf")
+
+
+def test_estimate_adds_the_parts() -> None:
+    m = model()
+    busy = QueueState(pending={1: 4, 2: 1}, inflight_remaining_ms=3.0, company=True)
+    pads = Pads(wait_ms=0.5, after_ms=0.25)
+    e = estimate(model=m, key=2, n=1, queue=busy, elapsed_ms=1.0, max_wait_ms=2.0, pads=pads)
+    assert e.wait_ms == 3.0 + m.predict(1, 4) + 2.0  # running + other queue + company wait
+    assert e.compute_ms == m.predict(2, 2)  # joins the queued depth-2 batch
+    assert e.total_ms == pytest.approx(1.0 + e.wait_ms + 0.5 + e.compute_ms + 0.25)
+    idle = estimate(model=m, key=2, n=1, queue=IDLE, elapsed_ms=0.0, max_wait_ms=2.0,
+                    pads=Pads())  # fmt: skip
+    assert idle.total_ms == m.predict(2, 1)  # alone: no wait for company
+
+
+def test_choice_is_monotone_in_the_budget_and_honest() -> None:
+    m = model()
+    for queue in (IDLE, QueueState({2: 3}, 1.5, True), QueueState({1: 8, 4: 2}, 0.0, True)):
+        depths = []
+        for budget in np.linspace(0.1, 100, 400):
+            est, fits = choose_depth(
+                model=m, exit_depths=[1, 2, 3, 4], budget_ms=budget, n=1, queue=queue,
+                elapsed_ms=0.3, max_wait_ms=2.0, pads=Pads(),
+            )  # fmt: skip
+            assert (est.total_ms <= budget) == fits and (fits or est.key == 1)
+            depths.append(est.key)
+        assert depths == sorted(depths) and depths[0] == 1 and depths[-1] == 4
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_batcher_forms_batches_while_requests_are_on_their_way() -> None:
+    calls: list[tuple[object, int]] = []
+
+    def engine(key, images):  # a plain function: the batch's row sums
+        calls.append((key, len(images)))
+        time.sleep(0.01)
+        return images.reshape(len(images), -1).sum(1, keepdims=True).astype(np.float32)
+
+    async def scenario():
+        b = Batcher(engine, model(), max_batch=8, max_wait_ms=50, queue_bound=64)
+        upstream = [6]
+        b.upstream = lambda: upstream[0]
+        b.start()
+
+        async def one(i):
+            await asyncio.sleep(0.001 * i)
+            upstream[0] -= 1
+            return await b.submit(1, np.full((1, 2), i, np.uint8))
+
+        out = await asyncio.gather(*(one(i) for i in range(6)))
+        await b.close()
+        return out
+
+    out = run(scenario())
+    assert calls == [(1, 6)]  # one batch: the batcher waited for the six
+    assert [float(r.rows[0, 0]) for r in out] == [2.0 * i for i in range(6)]
+    assert all(r.batch_size == 6 and r.started >= r.enqueued for r in out)
+
+
+def test_batcher_refuses_past_its_bound_and_survives_a_failing_batch() -> None:
+    def engine(key, images):
+        if key == "boom":
+            raise RuntimeError("engine failure")
+        time.sleep(0.05)
+        return np.zeros((len(images), 1), np.float32)
+
+    async def scenario():
+        b = Batcher(engine, model(), max_batch=4, max_wait_ms=0, queue_bound=4)
+        b.start()
+        first = asyncio.create_task(b.submit(1, np.zeros((4, 1), np.uint8)))
+        await asyncio.sleep(0.01)  # running; the queue is empty again
+        queued = asyncio.create_task(b.submit(2, np.zeros((4, 1), np.uint8)))
+        await asyncio.sleep(0.005)
+        with pytest.raises(Overloaded):
+            await b.submit(3, np.zeros((1, 1), np.uint8))
+        done = await asyncio.gather(first, queued)
+        with pytest.raises(RuntimeError, match="engine failure"):
+            await b.submit("boom", np.zeros((1, 1), np.uint8))
+        after = await b.submit(1, np.zeros((1, 1), np.uint8))  # the worker is still alive
+        await b.close()
+        return done, after
+
+    done, after = run(scenario())
+    assert [d.batch_size for d in done] == [4, 4] and after.batch_size == 1
+
+
+def scheduler(engine, mode=Mode.COMPONENTS) -> Scheduler:
+    return Scheduler(engine, model(), [1, 2, 3, 4], ALL, max_batch=8, max_wait_ms=1.0,
+                     queue_bound=64, calibration=mode)  # fmt: skip
+
+
+def sleeping_engine(key, images):
+    """Depth d costs d ms (all exits: 5 ms), like the latency table says (roughly)."""
+    time.sleep((5 if key == ALL else key) / 1000)
+    depth = 4 if key == ALL else key
+    out = np.full((len(images), 3), depth, np.float32)
+    return np.stack([out] * 4) if key == ALL else out
+
+
+def test_scheduler_serves_the_deepest_depth_that_fits_and_never_lowers_a_fixed_one() -> None:
+    async def scenario():
+        s = scheduler(sleeping_engine)
+        s.start()
+        images = np.zeros((1, 2, 2, 3), np.uint8)
+        results = {}
+        for name, kw in {"tight": {"budget_ms": 2.6}, "roomy": {"budget_ms": 500.0},
+                         "impossible": {"budget_ms": 0.01}, "fixed": {"exit_depth": 2},
+                         "deepest": {}, "all": {"all_exits": True}}.items():  # fmt: skip
+            served = await s.run(images, admission=s.admit(), route="r",
+                                 arrival=time.perf_counter(), **kw)  # fmt: skip
+            results[name] = (served, s.answered(served, route="r"))
+        await s.close()
+        return results
+
+    r = run(scenario())
+    assert r["roomy"][0].exit_depth == 4 and r["roomy"][1]["budget_met"] is True
+    # model(): depth 2 alone costs 2.5 ms, depth 3 costs 3.75: a 2.6 ms budget, asked first
+    # (before any batch or answer has taught the scheduler more), gets depth 2
+    assert r["tight"][0].exit_depth == 2 and r["tight"][0].fits
+    assert r["impossible"][0].exit_depth == 1 and r["impossible"][1]["budget_met"] is False
+    assert r["fixed"][0].exit_depth == 2 and r["fixed"][1]["budget_met"] is None
+    assert r["deepest"][0].exit_depth == 4
+    assert r["all"][0].exit_depth is None and r["all"][0].output.shape == (4, 1, 3)
+    for served, timing in r.values():
+        assert timing["elapsed_ms"] > 0 and timing["predicted_ms"] == round(served.predicted_ms, 3)
+
+
+def test_admitted_requests_are_the_company_the_batcher_waits_for() -> None:
+    async def scenario():
+        s = scheduler(sleeping_engine)
+        s.start()
+        admissions = [s.admit() for _ in range(3)]
+        assert s.upstream == 3 and s.batcher.state().company
+        images = np.zeros((1, 2, 2, 3), np.uint8)
+        runs = [s.run(images, admission=a, route="r", arrival=time.perf_counter(),
+                      exit_depth=1) for a in admissions]  # fmt: skip
+        served = await asyncio.gather(*runs)
+        assert s.upstream == 0
+        await s.close()
+        return served
+
+    served = run(scenario())
+    assert {x.ran.batch_size for x in served} == {3}  # they ran together
