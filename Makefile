@@ -137,7 +137,7 @@ compare: setup ## baseline vs SDSSL for METHOD over SEEDS (writes docs/results/)
 	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS)
 
 bench: setup $(DEFAULT_BUNDLE)/manifest.json ## run every benchmark; writes bench/results/<date>-<machine>.md
-	$(BIN)/python bench/report.py
+	$(BIN)/python -m bench.report
 
 clean: ## remove caches and run outputs (keeps .venv and models/)
 	rm -rf .pytest_cache .ruff_cache artifacts runs

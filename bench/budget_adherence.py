@@ -8,7 +8,7 @@ mean served depth against an oracle: for each request, the deepest depth that wo
 its measured conditions (its elapsed time with the served depth's compute swapped for that
 depth's, from the server's own latency table at the batch sizes it saw).
 
-    python bench/budget_adherence.py [--bundle artifacts/bundles/default] [--seconds 15]
+    python -m bench.budget_adherence [--bundle artifacts/bundles/default] [--seconds 15]
 
 Last line: share inside budget at concurrency 8 (target >= 0.99) and depth / oracle (>= 0.9).
 """
@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_BUNDLE, ServerProcess, closed_loop, digit_pngs, machine
 
 

@@ -1,4 +1,5 @@
-"""Shared benchmark parts: a real server process, real images, a closed-loop HTTP load."""
+"""Shared benchmark parts: real images and a closed-loop HTTP load (servers come from
+:mod:`service.process`, the harness the tests use too)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,17 @@ import asyncio
 import io
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
+
+from service.process import ServerProcess, free_port
+
+__all__ = ["ServerProcess", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "artifacts" / "bundles" / "default"
@@ -46,45 +47,6 @@ def digit_pngs(n: int = 64) -> list[bytes]:
         test.image(i * (len(test) // n)).save(buf, "PNG")
         out.append(buf.getvalue())
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ServerProcess:
-    """``python -m service`` on a free loopback port; stops itself on exit."""
-
-    def __init__(self, bundle: Path, data_dir: Path, **settings: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "SDSSL_LOG_LEVEL": "warning"}
-        env.update({f"SDSSL_{k.upper()}": str(v) for k, v in settings.items()})
-        cmd = [sys.executable, "-m", "service", "--bundle", str(bundle), "--data-dir",
-               str(data_dir), "--port", str(self.port)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env)
-
-    def __enter__(self) -> ServerProcess:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("server exited during start-up")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError("server not ready")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @dataclass

@@ -2,7 +2,7 @@
 as latency(d)/latency(L) against d/L, for the default bundle and a ViT-S/16 at 224 px
 (random weights; exported here unless --vit-s16-bundle is given).
 
-    python bench/depth_scaling.py [--bundle artifacts/bundles/default] [--skip-vit-s16]
+    python -m bench.depth_scaling [--bundle artifacts/bundles/default] [--skip-vit-s16]
 
 Last line: the worst excess of latency(d)/latency(L) over d/L (target <= 0.1).
 """
@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_BUNDLE, ROOT, machine
 from export.profile import plot, profile_bundle
 

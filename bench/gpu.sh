@@ -22,14 +22,14 @@ report="$out/$(date +%Y-%m-%d)-gpu.md"
     echo
     echo "Device: $("$PYTHON" -c 'import torch; print(torch.cuda.get_device_name(0))'); command: \`bash bench/gpu.sh\`"
     echo
-    echo "## Training step, bf16 (bench/train_step.py --device cuda --bf16)"
+    echo "## Training step, bf16 (python -m bench.train_step --device cuda --bf16)"
     echo
-    timeout 200 "$PYTHON" bench/train_step.py --device cuda --bf16 --config configs/default.yaml --methods simclr,mocov3 --batch-size 256
+    timeout 200 "$PYTHON" -m bench.train_step --device cuda --bf16 --config configs/default.yaml --methods simclr,mocov3 --batch-size 256
     echo
-    timeout 200 "$PYTHON" bench/train_step.py --device cuda --bf16 --config configs/vit_s16.yaml --methods mocov3 --batch-size 128 --repeats 5
+    timeout 200 "$PYTHON" -m bench.train_step --device cuda --bf16 --config configs/vit_s16.yaml --methods mocov3 --batch-size 128 --repeats 5
     echo
     echo "## Depth scaling of the torch model on the GPU (bf16, batch 1 and 256)"
     echo
-    timeout 120 "$PYTHON" bench/torch_depth_scaling.py --device cuda
+    timeout 120 "$PYTHON" -m bench.torch_depth_scaling --device cuda
 } | tee "$report"
 echo "wrote $report"

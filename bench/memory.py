@@ -4,7 +4,7 @@ bundle and --items items (all exit depths indexed), and its start-up time to /re
 Items' vectors are real all-exit embeddings of mnist5k images, repeated with small jitter to
 reach the count; they are written through the server's own ItemIndex (SQLite + FAISS).
 
-    python bench/memory.py [--bundle artifacts/bundles/default] [--items 100000]
+    python -m bench.memory [--bundle artifacts/bundles/default] [--items 100000]
 
 Last line: RSS with the bundle and the items (target <= 1.5 GB; start-up target <= 30 s).
 """
@@ -12,7 +12,6 @@ Last line: RSS with the bundle and the items (target <= 1.5 GB; start-up target 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_BUNDLE, ServerProcess, digit_pngs, machine
 from export.manifest import ALL_EXITS_OUTPUT, INPUT_NAME, Manifest, bundle_id
 from service.images import prepare

@@ -1,14 +1,13 @@
 """The server a user would write by hand, for comparison: FastAPI + timm eager in torch, one
 forward pass per request at full depth, the same checkpoint weights and preprocessing.
 
-    python bench/naive_server.py --checkpoint models/default --port 8001
+    python -m bench.naive_server --checkpoint models/default --port 8001
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 import torch
@@ -17,7 +16,6 @@ import uvicorn
 from fastapi import FastAPI, UploadFile
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.augment import eval_transform
 from training.checkpoint import load_backbone
 

@@ -2,7 +2,7 @@
 ``bench/results/<date>-<machine>.md`` (each script's tables and headline, with the command that
 made them) and PNG plots beside it.
 
-    python bench/report.py [--quick]      # --quick: shorter runs, 100k-vector retrieval only
+    python -m bench.report [--quick]      # --quick: shorter runs, 100k-vector retrieval only
 """
 
 from __future__ import annotations
@@ -14,15 +14,13 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import ROOT, machine
 
 
 def run(cmd: list[str]) -> tuple[str, float, int]:
     start = time.perf_counter()
-    res = subprocess.run([sys.executable, *cmd], cwd=ROOT, capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", *cmd], cwd=ROOT, capture_output=True, text=True)
     out = res.stdout if res.returncode == 0 else res.stdout + "\n" + res.stderr[-3000:]
     return out.strip(), time.perf_counter() - start, res.returncode
 
@@ -38,21 +36,21 @@ def main() -> None:
     stem = f"{day}-{host[:48]}"
     seconds = "4" if args.quick else "10"
     jobs = [
-        ("Training step cost of SDSSL", ["bench/train_step.py"]),
+        ("Training step cost of SDSSL", ["bench.train_step"]),
         ("Depth scaling (onnxruntime)",
-         ["bench/depth_scaling.py", "--plot", f"bench/results/{stem}-depth.png"]),
-        ("Server efficiency", ["bench/server_efficiency.py", "--seconds", seconds]),
-        ("Budget adherence", ["bench/budget_adherence.py", "--seconds", seconds]),
+         ["bench.depth_scaling", "--plot", f"bench/results/{stem}-depth.png"]),
+        ("Server efficiency", ["bench.server_efficiency", "--seconds", seconds]),
+        ("Budget adherence", ["bench.budget_adherence", "--seconds", seconds]),
         ("Retrieval at scale",
-         ["bench/retrieval.py", "--sizes", "100000" if args.quick else "100000,1000000"]),
-        ("Server memory with 100k items", ["bench/memory.py"]),
+         ["bench.retrieval", "--sizes", "100000" if args.quick else "100000,1000000"]),
+        ("Server memory with 100k items", ["bench.memory"]),
     ]  # fmt: skip
     lines = [f"# Benchmarks, {day}", "", f"Machine: {machine()} (no GPU); `make bench`", ""]
     for title, cmd in jobs:
-        print(f"== {title}: python {' '.join(cmd)}", flush=True)
+        print(f"== {title}: python -m {' '.join(cmd)}", flush=True)
         out, took, code = run(cmd)
         print(out.splitlines()[-1] if out else "(no output)", flush=True)
-        lines += [f"## {title}", "", f"Command: `python {' '.join(cmd)}` ({took:.0f} s"
+        lines += [f"## {title}", "", f"Command: `python -m {' '.join(cmd)}` ({took:.0f} s"
                   + ("" if code == 0 else f", exit {code}") + ")", "", out, ""]  # fmt: skip
     path = results / f"{stem}.md"
     path.write_text("\n".join(lines) + "\n")

@@ -6,7 +6,7 @@ Vectors are real: final-exit embeddings of augmented mnist5k images (MoCo v3 aug
 (σ = --jitter, renormalised), which keeps the data's cluster structure; queries are fresh
 augmentations of held-out images, never in the database.
 
-    python bench/retrieval.py [--bundle artifacts/bundles/default] [--sizes 100000,1000000]
+    python -m bench.retrieval [--bundle artifacts/bundles/default] [--sizes 100000,1000000]
 
 Last line: recall@10 and p50 at the largest size for the best approximate index (target at 1M:
 recall@10 >= 0.95 at p50 <= 5 ms).
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +23,6 @@ import faiss
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_BUNDLE, machine
 from export.manifest import EXIT_OUTPUT, INPUT_NAME, Manifest
 

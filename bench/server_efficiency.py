@@ -2,7 +2,7 @@
 under closed-loop load (concurrency 1, 8, 32, one image per request, deepest exit) against
 onnxruntime in-process at its best batch size, measured in one run on one machine.
 
-    python bench/server_efficiency.py [--bundle artifacts/bundles/default] [--seconds 10]
+    python -m bench.server_efficiency [--bundle artifacts/bundles/default] [--seconds 10]
 
 Last line: server req/s at concurrency 8 / in-process images/s (target >= 0.85).
 """
@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import DEFAULT_BUNDLE, ServerProcess, closed_loop, digit_pngs, machine
 from export.manifest import INPUT_NAME, Manifest
 from service.images import prepare
@@ -55,7 +54,7 @@ def naive_rps(checkpoint: Path, pngs: list[bytes], seconds: float) -> dict:
     from bench.common import ROOT, free_port
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "bench/naive_server.py", "--checkpoint",
+    proc = subprocess.Popen([sys.executable, "-m", "bench.naive_server", "--checkpoint",
                              str(checkpoint), "--port", str(port)], cwd=ROOT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

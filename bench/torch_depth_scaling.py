@@ -2,20 +2,18 @@
 depth at batch 1 and 256, on CPU or GPU (bf16 on GPU). Random weights; the default model's
 shape and a ViT-S/16.
 
-    python bench/torch_depth_scaling.py [--device cuda]
+    python -m bench.torch_depth_scaling [--device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from training.backbone import build_backbone
 from training.config import load_config
 from training.exits import exit_embeddings

@@ -5,7 +5,7 @@ optimizer steps of baseline and SDSSL interleaved (so both see the same machine 
 The last line is the headline: SDSSL/baseline step time of the last method listed (default:
 the config's method; target <= 1.5).
 
-    python bench/train_step.py [--config configs/default.yaml] [--methods simclr,byol,mocov3]
+    python -m bench.train_step [--config configs/default.yaml] [--methods simclr,byol,mocov3]
 """
 
 from __future__ import annotations

@@ -97,6 +97,9 @@ class ModelOut(BaseModel):
     items: int
     manifest: dict[str, Any]
     latency: list[LatencyRow]
+    calibration: dict[str, Any] = Field(
+        description="what the scheduler adds to its raw predictions now, per route and load"
+    )
     curve: list[AccuracyRow] = Field(description="accuracy against predicted latency per depth")
 
 

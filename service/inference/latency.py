@@ -85,28 +85,29 @@ class LatencyModel:
         with self._lock:
             self._windows.setdefault((key, b), Window()).add(ms)
 
-    def predict(self, key: Hashable, n: int) -> float:
-        """Predicted ms (robust p99) to run ``n`` images of graph ``key``."""
+    def predict(self, key: Hashable, n: int, *, tail: bool = True) -> float:
+        """Predicted ms to run ``n`` images of graph ``key``: the robust p99 of its bucket's
+        recent batches, or (``tail=False``) their mean."""
         if n <= 0:
             return 0.0
         top = self.batch_sizes[-1]
         full, rest = divmod(n, top)
-        total = full * self._tail(key, top)
+        total = full * self._stat(key, top, tail)
         if rest:
-            total += self._tail(key, self.bucket(rest))
+            total += self._stat(key, self.bucket(rest), tail)
         return total
 
-    def _tail(self, key: Hashable, b: int) -> float:
+    def _stat(self, key: Hashable, b: int, tail: bool) -> float:
         with self._lock:
             window = self._windows.get((key, b))
             if window is not None and len(window):
-                return window.tail
+                return window.tail if tail else window.mean
             # Unmeasured: the nearest measured smaller bucket, scaled up.
             smaller = [s for s in self.batch_sizes if s < b and (key, s) in self._windows]
             if not smaller:
                 return math.inf
-            s = smaller[-1]
-            return self._windows[(key, s)].tail * b / s
+            w, s = self._windows[(key, smaller[-1])], smaller[-1]
+            return (w.tail if tail else w.mean) * b / s
 
     def rows(self) -> list[tuple[Hashable, int, float, float, int]]:
         """``(key, batch size, mean ms, predicted ms, samples)`` for every measured bucket."""

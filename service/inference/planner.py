@@ -1,17 +1,11 @@
 """Latency budget → exit depth: pure functions of what is known when a request is planned.
 
 A request's server-side time is what has passed since it arrived (parsing, decoding: known
-exactly when the depth is chosen) + its wait for the batch it joins + that batch's compute + the
-time from the batch's end to its response (copying rows, the FAISS search, encoding). Each
-unknown part is predicted on its own, from its own measurements (:mod:`.latency`):
-
-- compute: the robust p99 of the graph's batch times at that batch size;
-- wait: the work queued ahead, plus ``max_wait_ms`` when the batcher will wait for company,
-  plus the robust p99 of the wait predictions' recent errors;
-- after: the robust p99 of the route's recent after-compute times.
-
-The previous planner (``Calibration.GLOBAL``, kept for comparison in the benchmarks) padded
-every prediction with one term: the 99th percentile of whole-request prediction errors.
+exactly when the depth is chosen) + what remains: its wait for the batch it joins, that batch's
+compute, and the time from the batch's end to its response. The raw prediction of the remainder
+is the work queued ahead (+ ``max_wait_ms`` when the batcher will wait for company) + the
+graph's batch time at the batch size it joins (:mod:`.latency`); the calibration
+(:mod:`.calibration`) adds what those measurements cannot see.
 """
 
 from __future__ import annotations
@@ -35,20 +29,20 @@ class QueueState:
 
 @dataclass(frozen=True)
 class Pads:
-    """What the measurements say to add: to the wait, after the compute, and (the previous
-    planner's rule) to the whole prediction."""
+    """What the calibration adds to the raw prediction: to the remainder (the learned error of
+    wait + compute + response at this load) or, the previous planner's rule, to the whole."""
 
-    wait_ms: float = 0.0
-    after_ms: float = 0.0
+    remaining_ms: float = 0.0
     whole_ms: float = 0.0
+    compute_tail: bool = False  # compute at its p99 (else its mean) in the raw prediction
 
 
 @dataclass(frozen=True)
 class Estimate:
     key: Hashable
-    wait_ms: float  # predicted time from submission to the batch's start (uncalibrated)
-    compute_ms: float
-    total_ms: float  # elapsed so far + every part, calibrated: the prediction
+    wait_ms: float  # raw: from submission to the batch's start
+    compute_ms: float  # raw: the batch's compute
+    total_ms: float  # elapsed so far + raw remainder + pads: the prediction
 
     def fits(self, budget_ms: float) -> bool:
         return self.total_ms <= budget_ms
@@ -65,13 +59,14 @@ def estimate(
     pads: Pads,
 ) -> Estimate:
     """The predicted server-side time of ``n`` images on graph ``key`` submitted now."""
+    tail = pads.compute_tail
     ahead = queue.inflight_remaining_ms
     for other, count in queue.pending.items():
         if other != key:  # conservatively: every other graph's queue runs first
-            ahead += model.predict(other, count)
+            ahead += model.predict(other, count, tail=tail)
     wait = ahead + (max_wait_ms if queue.company else 0.0)
-    compute = model.predict(key, queue.pending.get(key, 0) + n)  # joining its queued batch
-    total = elapsed_ms + wait + pads.wait_ms + compute + pads.after_ms + pads.whole_ms
+    compute = model.predict(key, queue.pending.get(key, 0) + n, tail=tail)  # joins its batch
+    total = elapsed_ms + wait + compute + pads.remaining_ms + pads.whole_ms
     return Estimate(key, wait, compute, total)
 
 

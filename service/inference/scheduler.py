@@ -34,24 +34,31 @@ class Served:
     predicted_ms: float
     fits: bool  # a depth was predicted to fit the budget (always True without one)
     arrival: float  # time.perf_counter() seconds
-    submitted: float
-    predicted_wait_ms: float
-    uncalibrated_ms: float  # predicted_ms without the calibration's pads
+    decided: float  # when the depth was chosen
+    raw_remaining_ms: float  # the uncalibrated prediction of what followed ``decided``
+    in_flight: int  # inference requests in flight when it was decided (this one included)
     ran: Ran | None
 
 
 class Admission:
-    """One inference request between arrival and submission: the batcher waits for company
-    only while such requests exist."""
+    """One inference request in flight, from arrival until it ends; "upstream" (not yet at
+    the batcher, which waits for company only while such requests exist) until it submits."""
 
     def __init__(self, scheduler: Scheduler) -> None:
-        self._scheduler, self._open = scheduler, True
+        self._scheduler, self._upstream, self._open = scheduler, True, True
         scheduler.upstream += 1
+        scheduler.in_flight += 1
+
+    def submitted(self) -> None:
+        if self._upstream:
+            self._upstream = False
+            self._scheduler.upstream -= 1
 
     def close(self) -> None:
+        self.submitted()
         if self._open:
             self._open = False
-            self._scheduler.upstream -= 1
+            self._scheduler.in_flight -= 1
 
 
 class Scheduler:
@@ -72,6 +79,7 @@ class Scheduler:
         self.max_wait_ms = max_wait_ms
         self.calibration = Calibration(calibration)
         self.upstream = 0  # admitted inference requests not yet submitted
+        self.in_flight = 0  # admitted inference requests not yet ended
         self.batcher = Batcher(run, latency, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                queue_bound=queue_bound, on_batch=on_batch)  # fmt: skip
         self.batcher.upstream = lambda: self.upstream
@@ -98,8 +106,8 @@ class Scheduler:
     ) -> Served:
         """Plan (the deepest depth predicted to fit ``budget_ms``; else ``exit_depth``; else the
         deepest; or every exit), submit, and wait for the rows. Raises ``Overloaded``."""
-        now = time.perf_counter()
-        pads = self.calibration.pads(route)
+        now, in_flight = time.perf_counter(), self.in_flight
+        pads = self.calibration.pads(route, in_flight)
         queue = self.batcher.state()
         elapsed_ms = 1000 * (now - arrival)
         common = dict(model=self.latency, n=len(images), queue=queue, elapsed_ms=elapsed_ms,
@@ -112,10 +120,8 @@ class Scheduler:
         else:
             d = exit_depth if exit_depth is not None else self.exit_depths[-1]
             est = estimate(key=d, **common)
-        admission.close()
-        submitted = time.perf_counter()
+        admission.submitted()
         ran = await self.batcher.submit(est.key, images)
-        pad_total = pads.wait_ms + pads.after_ms + pads.whole_ms
         return Served(
             output=ran.rows,
             exit_depth=None if all_exits else int(est.key),
@@ -123,38 +129,33 @@ class Scheduler:
             predicted_ms=est.total_ms,
             fits=fits,
             arrival=arrival,
-            submitted=submitted,
-            predicted_wait_ms=est.wait_ms,
-            uncalibrated_ms=est.total_ms - pad_total,
+            decided=now,
+            raw_remaining_ms=est.wait_ms + est.compute_ms,
+            in_flight=in_flight,
             ran=ran,
         )
 
     def without_compute(
         self, *, admission: Admission, route: str, arrival: float, exit_depth: int
     ) -> Served:
-        """A request that runs no graph (a search by vector): only its after-part is
-        predicted."""
-        admission.close()
-        now = time.perf_counter()
-        pads = self.calibration.pads(route)
-        raw = 1000 * (now - arrival)
-        predicted = raw + pads.after_ms + pads.whole_ms
-        return Served(None, exit_depth, None, predicted, True, arrival, now, 0.0, raw, None)
+        """A request that runs no graph (a search by vector): only its response is ahead."""
+        admission.submitted()
+        now, in_flight = time.perf_counter(), self.in_flight
+        pads = self.calibration.pads(route, in_flight)
+        predicted = 1000 * (now - arrival) + pads.remaining_ms + pads.whole_ms
+        return Served(None, exit_depth, None, predicted, True, arrival, now, 0.0, in_flight, None)
 
     def answered(self, served: Served, *, route: str) -> dict[str, float | bool | None]:
         """The response is ready: learn from this request and return its timing block."""
         now = time.perf_counter()
         elapsed = 1000 * (now - served.arrival)
-        if served.ran is not None:
-            waited = 1000 * (served.ran.started - served.submitted)
-            after = 1000 * (now - served.ran.finished)
-        else:
-            waited, after = served.predicted_wait_ms, 1000 * (now - served.submitted)
+        remaining = 1000 * (now - served.decided)
+        raw_whole = 1000 * (served.decided - served.arrival) + served.raw_remaining_ms
         self.calibration.observe(
             route,
-            wait_error_ms=waited - served.predicted_wait_ms,
-            after_ms=after,
-            whole_error_ms=elapsed - served.uncalibrated_ms,
+            in_flight=served.in_flight,
+            remaining_error_ms=remaining - served.raw_remaining_ms,
+            whole_error_ms=elapsed - raw_whole,
         )
         budget, predicted = served.budget_ms, served.predicted_ms
         return {

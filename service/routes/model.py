@@ -37,5 +37,6 @@ async def model(runtime: RuntimeDep) -> dict:
         "items": await asyncio.to_thread(runtime.index.count),
         "manifest": m.model_dump(mode="json"),
         "latency": runtime.scheduler.table(),
+        "calibration": runtime.scheduler.calibration.report(),
         "curve": curve,
     }

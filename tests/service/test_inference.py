@@ -53,14 +53,20 @@ def test_latency_model_predicts_per_bucket_and_chunks_large_batches() -> None:
 def test_estimate_adds_the_parts() -> None:
     m = model()
     busy = QueueState(pending={1: 4, 2: 1}, inflight_remaining_ms=3.0, company=True)
-    pads = Pads(wait_ms=0.5, after_ms=0.25)
+    pads = Pads(remaining_ms=0.75)
     e = estimate(model=m, key=2, n=1, queue=busy, elapsed_ms=1.0, max_wait_ms=2.0, pads=pads)
     assert e.wait_ms == 3.0 + m.predict(1, 4) + 2.0  # running + other queue + company wait
     assert e.compute_ms == m.predict(2, 2)  # joins the queued depth-2 batch
-    assert e.total_ms == pytest.approx(1.0 + e.wait_ms + 0.5 + e.compute_ms + 0.25)
+    assert e.total_ms == pytest.approx(1.0 + e.wait_ms + e.compute_ms + 0.75)
+    m.observe(2, 1, 100.0)  # one slow batch: the tail moves, the mean a little
+    typical = estimate(model=m, key=2, n=1, queue=IDLE, elapsed_ms=0.0, max_wait_ms=0.0,
+                       pads=Pads())  # fmt: skip
+    cautious = estimate(model=m, key=2, n=1, queue=IDLE, elapsed_ms=0.0, max_wait_ms=0.0,
+                        pads=Pads(compute_tail=True))  # fmt: skip
+    assert typical.compute_ms == m.predict(2, 1, tail=False) < cautious.compute_ms
     idle = estimate(model=m, key=2, n=1, queue=IDLE, elapsed_ms=0.0, max_wait_ms=2.0,
                     pads=Pads())  # fmt: skip
-    assert idle.total_ms == m.predict(2, 1)  # alone: no wait for company
+    assert idle.total_ms == m.predict(2, 1, tail=False)  # alone: no wait for company
 
 
 def test_choice_is_monotone_in_the_budget_and_honest() -> None:
