@@ -37,6 +37,12 @@ def export_parser() -> argparse.ArgumentParser:
         help="torch exporter: TorchScript-based 'legacy' (fast, default) or torch.export",
     )
     p.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    p.add_argument(
+        "--no-segments",
+        action="store_true",
+        help="leave out the per-block segment graphs (the server then cannot run a batch block "
+        "by block; the bundle is one model's weights smaller)",
+    )
     return p
 
 
@@ -99,10 +105,12 @@ def run(argv: list[str]) -> int:
         opset=args.opset,
         force=args.force,
         exporter=args.exporter,
+        segments=not args.no_segments,
     )
     size = sum(f.stat().st_size for f in args.out.iterdir())
     print(
-        f"wrote {args.out}: {len(m.exits)} exits + all_exits, {m.precision}, "
+        f"wrote {args.out}: {len(m.exits)} exits + all_exits + {len(m.segments)} segments, "
+        f"{m.precision}, "
         f"{size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s, "
         f"id {bundle_id(args.out)[:12]}"
     )

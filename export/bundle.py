@@ -24,20 +24,24 @@ import torch
 from tqdm import tqdm
 
 from export.errors import ExportError
-from export.graphs import AllExitsGraph, ExitGraph
+from export.graphs import AllExitsGraph, ExitGraph, SegmentGraph
 from export.manifest import (
     ALL_EXITS_OUTPUT,
     EXIT_OUTPUT,
     INPUT_NAME,
     MANIFEST,
     MANIFEST_DIGEST,
+    SEGMENT_INPUT,
+    SEGMENT_OUTPUT,
     AllExitsEntry,
     ExitEntry,
     Manifest,
     ModelInfo,
     Preprocess,
+    SegmentEntry,
     exit_file_name,
     file_sha256,
+    segment_file_name,
 )
 from export.parity import check_exit, check_exits_agree, onnx_session
 from export.samples import sample_images
@@ -58,11 +62,19 @@ def checkpoint_sha256(ckpt_dir: Path) -> str:
 
 
 def _export_graph(
-    module: torch.nn.Module, path: Path, output: str, opset: int, exporter: str
+    module: torch.nn.Module,
+    path: Path,
+    output: str | list[str],
+    opset: int,
+    exporter: str,
+    example: torch.Tensor | None = None,
+    input_name: str = INPUT_NAME,
 ) -> None:
     """Export with a dynamic batch axis; TorchScript-based ("legacy") or torch.export."""
     module.eval()
-    example = torch.zeros(2, *_input_hw(module), 3, dtype=torch.uint8)
+    if example is None:
+        example = torch.zeros(2, *_input_hw(module), 3, dtype=torch.uint8)
+    outputs = [output] if isinstance(output, str) else output
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
         if exporter == "dynamo":
@@ -70,22 +82,22 @@ def _export_graph(
                 module,
                 (example,),
                 str(path),
-                input_names=[INPUT_NAME],
-                output_names=[output],
-                dynamic_shapes={INPUT_NAME: {0: torch.export.Dim("batch")}},
+                input_names=[input_name],
+                output_names=outputs,
+                dynamic_shapes={input_name: {0: torch.export.Dim("batch")}},
                 opset_version=opset,
                 dynamo=True,
                 verbose=False,
             )
         else:
-            batch_axis = 1 if output == ALL_EXITS_OUTPUT else 0
+            axes = {o: {1 if o == ALL_EXITS_OUTPUT else 0: "batch"} for o in outputs}
             torch.onnx.export(
                 module,
                 (example,),
                 str(path),
-                input_names=[INPUT_NAME],
-                output_names=[output],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, output: {batch_axis: "batch"}},
+                input_names=[input_name],
+                output_names=outputs,
+                dynamic_axes={input_name: {0: "batch"}, **axes},
                 opset_version=opset,
                 dynamo=False,
             )
@@ -136,6 +148,7 @@ def export_bundle(
     force: bool = False,
     exporter: str = "legacy",
     progress: bool = True,
+    segments: bool = True,
     _after_graph: Callable[[str], None] | None = None,
 ) -> Manifest:
     """Write a verified bundle for ``ckpt_dir`` at ``out_dir``; returns its manifest."""
@@ -151,8 +164,9 @@ def export_bundle(
     os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is read by other users (docker)
     try:
         manifest = _write_graphs(
-            backbone, cfg, ckpt_dir, tmp, depths, fp16, opset, exporter, progress, _after_graph
-        )
+            backbone, cfg, ckpt_dir, tmp, depths, fp16, opset, exporter, progress, _after_graph,
+            segments,
+        )  # fmt: skip
         _fsync_dir(tmp)
         if out_dir.exists():  # --force: move the old bundle aside, then swap
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
@@ -178,6 +192,7 @@ def _write_graphs(
     exporter: str,
     progress: bool,
     after_graph: Callable[[str], None] | None,
+    with_segments: bool = True,
 ) -> Manifest:
     mean, std = cfg.data.mean, cfg.data.std
     images = sample_images(cfg)
@@ -222,6 +237,11 @@ def _write_graphs(
             )
         if after_graph is not None:
             after_graph(name)
+    segments = (
+        _write_segments(backbone, cfg, tmp, images, reference, fp16, opset, exporter, after_graph)
+        if with_segments
+        else []
+    )
     manifest = Manifest(
         model=ModelInfo(
             img_size=cfg.model.img_size,
@@ -240,6 +260,7 @@ def _write_graphs(
         ),
         exits=entries,
         all_exits=AllExitsEntry(file=ALL_EXITS_FILE, sha256=file_sha256(tmp / ALL_EXITS_FILE)),
+        segments=segments,
         checkpoint_sha256=checkpoint_sha256(ckpt_dir),
         method=cfg.train.method,
         distill=cfg.train.distill,
@@ -250,3 +271,40 @@ def _write_graphs(
     (tmp / MANIFEST).write_text(manifest.to_json())
     (tmp / MANIFEST_DIGEST).write_text(file_sha256(tmp / MANIFEST) + "\n")
     return manifest
+
+
+def _write_segments(
+    backbone: torch.nn.Module,
+    cfg: Config,
+    tmp: Path,
+    images: np.ndarray,
+    reference: np.ndarray,
+    fp16: bool,
+    opset: int,
+    exporter: str,
+    after_graph: Callable[[str], None] | None,
+) -> list[SegmentEntry]:
+    """One graph per block, chained on the hidden state; each checked against the reference
+    embedding at its exit depth, fed the previous segment's ONNX output (so errors compound as
+    they would when serving)."""
+    mean, std = cfg.data.mean, cfg.data.std
+    entries, hidden = [], images
+    for first in range(cfg.model.depth):
+        last = first + 1
+        module = SegmentGraph(backbone, first, last, mean, std)
+        if fp16:
+            module = module.half()
+            module.normalise.float()
+        name = segment_file_name(first, last)
+        example = torch.from_numpy(hidden[:2]) if first else None
+        source = SEGMENT_INPUT if first else INPUT_NAME
+        _export_graph(module, tmp / name, [SEGMENT_OUTPUT, EXIT_OUTPUT], opset, exporter,
+                      example=example, input_name=source)  # fmt: skip
+        feed = {source: hidden}
+        hidden, out = onnx_session(tmp / name).run(None, feed)
+        check_exit(out, reference[last - 1], fp16, name)
+        entries.append(SegmentEntry(first=first, last=last, file=name,
+                                    sha256=file_sha256(tmp / name)))  # fmt: skip
+        if after_graph is not None:
+            after_graph(name)
+    return entries

@@ -2,7 +2,9 @@
 
 Normalisation happens inside the graph, so a client only decodes, resizes and centre-crops.
 ``ExitGraph`` is a truncated copy of the backbone (blocks 1..d only), so its size and cost
-grow with d; ``AllExitsGraph`` runs all L blocks once and returns every exit.
+grow with d; ``AllExitsGraph`` runs all L blocks once and returns every exit; a chain of
+``SegmentGraph``s runs blocks a+1..b at a time on the hidden state, returning it and the exit
+at depth b, so a batch can be run block by block and each request leave at its own depth.
 """
 
 from __future__ import annotations
@@ -71,3 +73,34 @@ class AllExitsGraph(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = self.normalise(images).to(self.vit.pos_embed.dtype)
         return exit_embeddings(self.vit, x, self.exit_depths).float()
+
+
+class SegmentGraph(nn.Module):
+    """Blocks ``first``+1..``last`` on the hidden state (from the images when ``first`` is 0):
+    returns the hidden state after block ``last`` and the embedding at exit depth ``last``."""
+
+    def __init__(
+        self,
+        backbone: VisionTransformer,
+        first: int,
+        last: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        super().__init__()
+        self.first, self.last = first, last
+        self.vit = copy.deepcopy(backbone)  # the stem and norm live on it; blocks are sliced
+        self.blocks = nn.Sequential(*self.vit.blocks[first:last])
+        self.vit.blocks = nn.Sequential()  # only this segment's blocks are exported
+        self.normalise = Normalise(mean, std)
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """The tokens block 1 sees (timm's forward_features up to its blocks)."""
+        x = self.normalise(images).to(self.vit.pos_embed.dtype)
+        x = self.vit._pos_embed(self.vit.patch_embed(x))
+        return self.vit.norm_pre(self.vit.patch_drop(x))
+
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.stem(hidden) if self.first == 0 else hidden
+        x = self.blocks(x)
+        return x, F.normalize(self.vit.norm(x)[:, 0].float(), dim=-1)

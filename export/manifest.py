@@ -7,6 +7,7 @@ sha256 of its manifest file.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 from datetime import datetime
@@ -28,6 +29,8 @@ MANIFEST_DIGEST = "manifest.sha256"  # sha256 of manifest.json, written last: ed
 INPUT_NAME = "images"  # uint8 [N, S, S, 3] RGB
 EXIT_OUTPUT = "embedding"  # float32 [N, D], L2-normalised
 ALL_EXITS_OUTPUT = "embeddings"  # float32 [L, N, D]
+SEGMENT_INPUT = "hidden"  # a segment after the first: the hidden state [N, T, D]
+SEGMENT_OUTPUT = "hidden_next"  # every segment: the hidden state after its last block
 # A graph's file is a bare name inside the bundle: no folders, no "..", no absolute paths.
 GRAPH_FILE = r"^[A-Za-z0-9][A-Za-z0-9._-]*\.onnx$"
 MAX_MANIFEST_BYTES = 1 << 20
@@ -72,6 +75,16 @@ class ExitEntry(_Strict):
     linear_top1: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
+class SegmentEntry(_Strict):
+    """Blocks ``first``+1..``last``: input ``images`` (first 0) or ``hidden``; outputs
+    ``hidden_next`` and the ``embedding`` at exit depth ``last``."""
+
+    first: int = Field(ge=0)
+    last: int = Field(gt=0)
+    file: str = Field(pattern=GRAPH_FILE)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class AllExitsEntry(_Strict):
     file: str = Field(pattern=GRAPH_FILE)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -85,6 +98,9 @@ class Manifest(_Strict):
     preprocess: Preprocess
     exits: list[ExitEntry] = Field(min_length=1)
     all_exits: AllExitsEntry
+    segments: list[SegmentEntry] = Field(
+        default_factory=list, description="blocks in order, for anytime execution (optional)"
+    )
     checkpoint_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     method: str
     distill: bool
@@ -111,6 +127,12 @@ class Manifest(_Strict):
                 raise ValueError(f"exit {e.exit_depth} dim {e.dim} != model dim {self.model.dim}")
         if self.preprocess.crop != self.model.img_size:
             raise ValueError("preprocess.crop must equal model.img_size")
+        if self.segments:
+            bounds = [(s.first, s.last) for s in self.segments]
+            chained = all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
+            ordered = all(first < last for first, last in bounds)
+            if bounds[0][0] != 0 or bounds[-1][1] != self.model.depth or not chained or not ordered:
+                raise ValueError("segments must chain blocks 1..L in order")
         return self
 
     @property
@@ -129,6 +151,11 @@ class Manifest(_Strict):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
+
+
+def segment_file_name(first: int, last: int) -> str:
+    """``segment_00_01.onnx``: blocks first+1..last."""
+    return f"segment_{first:02d}_{last:02d}.onnx"
 
 
 def exit_file_name(exit_depth: int) -> str:
@@ -188,7 +215,7 @@ def load_verified(bundle: Path) -> Manifest:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
         raise BundleIntegrityError(f"invalid {MANIFEST}: {where}: {err['msg']}") from exc
-    entries = [(e.file, e.sha256) for e in manifest.exits]
+    entries = [(e.file, e.sha256) for e in [*manifest.exits, *manifest.segments]]
     entries.append((manifest.all_exits.file, manifest.all_exits.sha256))
     for name, expected in entries:
         if file_sha256(_regular_file(bundle, name, MAX_GRAPH_BYTES)) != expected:

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import BundleError
-from export.manifest import INPUT_NAME, BundleIntegrityError, Manifest, load_verified
+from export.manifest import (
+    INPUT_NAME,
+    SEGMENT_INPUT,
+    BundleIntegrityError,
+    Manifest,
+    load_verified,
+)
 from export.parity import check_exit, check_exits_agree, onnx_session
 
 
@@ -20,7 +26,8 @@ def read_manifest(bundle: Path) -> Manifest:
 
 
 def verify_bundle(bundle: Path, batch: int = 4) -> Manifest:
-    """Check hashes and the manifest, run every graph, check exits agree with all_exits."""
+    """Check hashes and the manifest, run every graph, check exits (and the chained segments)
+    agree with all_exits."""
     manifest = read_manifest(bundle)
     s = manifest.model.img_size
     images = np.random.default_rng(0).integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
@@ -44,4 +51,12 @@ def verify_bundle(bundle: Path, batch: int = 4) -> Manifest:
         check_exit(out, all_out[entry.exit_depth - 1], fp16, entry.file)
         per_exit[entry.exit_depth] = out
     check_exits_agree(per_exit, all_out, fp16)
+    hidden = images
+    for seg in manifest.segments:  # chained as the server runs them
+        feed = {SEGMENT_INPUT if seg.first else INPUT_NAME: hidden}
+        try:
+            hidden, out = onnx_session(bundle / seg.file).run(None, feed)
+        except Exception as exc:
+            raise BundleError(f"{seg.file} does not run: {exc}") from exc
+        check_exit(out, all_out[seg.last - 1], fp16, f"{seg.file} vs all_exits[{seg.last - 1}]")
     return manifest

@@ -25,6 +25,9 @@ class TimingOut(BaseModel):
     budget_met: bool | None = Field(
         description="predicted and elapsed both within budget (null without a budget)"
     )
+    batch_size: int | None = Field(
+        None, description="images in the batch this request's images ran in (null: none ran)"
+    )
 
 
 class EmbeddingsOut(BaseModel):

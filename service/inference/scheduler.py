@@ -163,6 +163,7 @@ class Scheduler:
             "predicted_ms": round(predicted, 3) if math.isfinite(predicted) else None,
             "elapsed_ms": round(elapsed, 3),
             "budget_met": None if budget is None else served.fits and elapsed <= budget,
+            "batch_size": served.ran.batch_size if served.ran is not None else None,
         }
 
     def table(self) -> list[dict[str, object]]:

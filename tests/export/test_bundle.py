@@ -16,7 +16,7 @@ from skimage import data as skdata
 
 from export.bundle import export_bundle
 from export.errors import BundleError, ExportError
-from export.manifest import INPUT_NAME, MANIFEST, Manifest, bundle_id
+from export.manifest import INPUT_NAME, MANIFEST, SEGMENT_INPUT, Manifest, bundle_id
 from export.parity import onnx_session
 from export.verify import verify_bundle
 from service.images import resize_center_crop
@@ -82,6 +82,29 @@ def test_parity_at_every_depth(tiny_checkpoint, tiny_bundle, fp16_bundle, precis
                 assert cosine(got, ref[e.exit_depth - 1]).min() >= 0.999
         if precision == "fp32":
             assert np.abs(out - all_out[e.exit_depth - 1]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_chained_segments_equal_every_exit(tiny_checkpoint, tiny_bundle, fp16_bundle, precision):
+    """Blocks run one segment at a time on the hidden state give each exit's embedding."""
+    bundle = tiny_bundle if precision == "fp32" else fp16_bundle
+    _, cfg = load_backbone(tiny_checkpoint)
+    images = real_images(cfg)
+    ref = torch_reference(tiny_checkpoint, images)
+    m = Manifest.read(bundle)
+    assert [(s.first, s.last) for s in m.segments] == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    hidden = images
+    for seg in m.segments:
+        feed = {SEGMENT_INPUT if seg.first else INPUT_NAME: hidden}
+        hidden, out = onnx_session(bundle / seg.file).run(None, feed)
+        assert hidden.shape[:1] == out.shape[:1] == (len(images),)
+        if precision == "fp32":
+            assert np.abs(out - ref[seg.last - 1]).max() <= 1e-4
+        else:
+            assert cosine(out, ref[seg.last - 1]).min() >= 0.999
+    broken = m.model_dump() | {"segments": [s.model_dump() for s in m.segments[1:]]}
+    with pytest.raises(ValueError, match="segments must chain"):
+        Manifest.model_validate(broken)
 
 
 def test_dynamic_batch_axis(tiny_bundle) -> None:
