@@ -1,6 +1,6 @@
 """Are budgets kept, how deep does the scheduler go, and does it degrade before it sheds? The
-previous planner (SDSSL_CALIBRATION=global) and the current one (components) side by side, in
-one run, on the same budgets.
+previous planner (SDSSL_CALIBRATION=global), the current one with whole-graph batches
+(SDSSL_ANYTIME=off) and block by block (anytime) side by side, in one run, on the same budgets.
 
 Per bundle: cost(d) is the median server-side elapsed time of fixed-depth-d requests at the
 benchmark's concurrency (8); budgets are uniform in [cost(1), F x cost(L)] (F = 2 for the
@@ -30,7 +30,12 @@ import numpy as np
 from bench.common import DEFAULT_BUNDLE, ROOT, ServerProcess, closed_loop, digit_pngs, machine
 from bench.depth_scaling import ensure_vit_s16
 
-MODES = ("global", "components")
+# The previous planner; the current one with whole-graph batches; block by block (anytime).
+MODES = {
+    "previous": {"calibration": "global", "anytime": "off"},
+    "whole graphs": {"calibration": "components", "anytime": "off"},
+    "anytime": {"calibration": "components", "anytime": "auto"},
+}
 QUEUE_BOUND = 16
 
 
@@ -108,11 +113,11 @@ def load_step(url, pngs, budgets, seconds, low=8, high=32) -> list[dict]:
 def run_bundle(bundle: Path, factor: float, seconds: float, concurrency: int, pngs, extra):
     """Both planners on one bundle, with the same budgets."""
     results, budgets, costs_at = {}, None, None
-    for mode in MODES:
+    for mode, settings in MODES.items():
         with (
             tempfile.TemporaryDirectory() as data,
-            ServerProcess(bundle, Path(data), calibration=mode, queue_bound=QUEUE_BOUND,
-                          log_level="warning", **extra) as server,
+            ServerProcess(bundle, Path(data), queue_bound=QUEUE_BOUND, log_level="warning",
+                          **settings, **extra) as server,
         ):  # fmt: skip
             closed_loop(server.url, concurrency, 3.0, pngs)  # warm the tables under load
             if budgets is None:  # measured once, on the first server: the same budgets for both

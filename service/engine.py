@@ -12,12 +12,20 @@ from __future__ import annotations
 import enum
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from export.manifest import ALL_EXITS_OUTPUT, EXIT_OUTPUT, INPUT_NAME, Manifest
+from export.manifest import (
+    ALL_EXITS_OUTPUT,
+    EXIT_OUTPUT,
+    INPUT_NAME,
+    SEGMENT_INPUT,
+    SEGMENT_OUTPUT,
+    Manifest,
+)
 from service.errors import Refusal
 
 log = logging.getLogger(__name__)
@@ -29,8 +37,15 @@ class Graph(enum.Enum):
     ALL_EXITS = "all_exits"
 
 
+@dataclass(frozen=True)
+class Segment:
+    """The segment graph that ends at exit depth ``last`` (blocks first+1..last)."""
+
+    last: int
+
+
 ALL_EXITS = Graph.ALL_EXITS
-GraphKey = int | Graph  # an exit depth 1..L, or the all-exits graph
+GraphKey = int | Graph | Segment  # an exit depth 1..L, the all-exits graph, or a segment
 
 
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -59,8 +74,10 @@ def choose_providers(device: str) -> list[str]:
 
 
 def graph_files(manifest: Manifest) -> dict[GraphKey, str]:
-    """Session key (an exit depth, or ALL_EXITS) → the graph's file in the bundle."""
-    return {e.exit_depth: e.file for e in manifest.exits} | {ALL_EXITS: manifest.all_exits.file}
+    """Session key (an exit depth, ALL_EXITS, a Segment) → the graph's file in the bundle."""
+    files: dict[GraphKey, str] = {e.exit_depth: e.file for e in manifest.exits}
+    files[ALL_EXITS] = manifest.all_exits.file
+    return files | {Segment(s.last): s.file for s in manifest.segments}
 
 
 def default_threads() -> int:
@@ -112,6 +129,20 @@ class Engine:
     @property
     def exit_depths(self) -> list[int]:
         return self.manifest.exit_depths
+
+    @property
+    def segments(self) -> list[Segment]:
+        """The bundle's segments in order (empty: it cannot be run block by block)."""
+        return [Segment(s.last) for s in self.manifest.segments]
+
+    def run_segment(self, segment: Segment, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (the first segment) or the hidden state → (hidden after the segment,
+        ``[N, D]`` embeddings at its exit depth)."""
+        name = INPUT_NAME if hidden.dtype == np.uint8 else SEGMENT_INPUT
+        hidden_next, embedding = self.sessions[segment].run(
+            [SEGMENT_OUTPUT, EXIT_OUTPUT], {name: hidden}
+        )
+        return hidden_next, embedding
 
     def run(self, graph: GraphKey, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, S, S, 3]`` → ``[N, D]`` at an exit depth, or ``[L, N, D]`` for ALL_EXITS."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from export.manifest import Manifest, bundle_id, load_verified
-from service.engine import ALL_EXITS, Engine, choose_providers
+from service.engine import ALL_EXITS, Engine, Segment, choose_providers
 from service.index import ItemIndex, open_index
 from service.inference import Mode, Scheduler
 from service.inference.batcher import BatchRecord
@@ -54,16 +54,26 @@ class Runtime:
 
 
 def warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: int) -> None:
-    """Time every (graph, batch size) of the table."""
+    """Time every (graph, batch size) of the table; segments chained as they run."""
     rng = np.random.default_rng(0)
-    for key in latency.keys:
-        for b in latency.batch_sizes:
-            images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
+    for b in latency.batch_sizes:
+        images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
+        for key in latency.keys:
+            if isinstance(key, Segment):
+                continue
             engine.run(key, images)  # first run: allocations, not timed
             for _ in range(settings.warmup_runs):
                 start = time.perf_counter()
                 engine.run(key, images)
                 latency.observe(key, b, 1000 * (time.perf_counter() - start))
+        hidden = images
+        for segment in engine.segments if settings.anytime != "off" else []:
+            engine.run_segment(segment, hidden)
+            for _ in range(settings.warmup_runs):
+                start = time.perf_counter()
+                out, _ = engine.run_segment(segment, hidden)
+                latency.observe(segment, b, 1000 * (time.perf_counter() - start))
+            hidden = out
 
 
 def _build(
@@ -80,7 +90,9 @@ def _build(
         index = open_index(settings, manifest, bid, use_gpu=settings.device != "cpu")
     try:
         engine = Engine(bundle, manifest, settings.device, settings.threads)
-        latency = LatencyModel([*manifest.exit_depths, ALL_EXITS], settings.warmup_batch_sizes())
+        segments = engine.segments if settings.anytime != "off" else []
+        keys = [*manifest.exit_depths, ALL_EXITS, *segments]
+        latency = LatencyModel(keys, settings.warmup_batch_sizes())
         started = time.perf_counter()
         warm_up(engine, latency, settings, manifest.model.img_size)
     except BaseException:
@@ -101,7 +113,10 @@ async def load_runtime(
     )
 
     def on_batch(rec: BatchRecord) -> None:
-        label = "all" if rec.key is ALL_EXITS else str(rec.key)
+        if isinstance(rec.key, Segment):
+            label = f"segment_{rec.key.last}"
+        else:
+            label = "all" if rec.key is ALL_EXITS else str(rec.key)
         metrics.batch_size.labels(label).observe(rec.size)
         metrics.batch_seconds.labels(label).observe(rec.ms / 1000)
 
@@ -115,6 +130,8 @@ async def load_runtime(
         queue_bound=settings.queue_bound,
         calibration=Mode(settings.calibration),
         on_batch=on_batch,
+        run_segment=engine.run_segment,
+        segments=engine.segments if settings.anytime != "off" else [],
     )
     scheduler.start()
     runtime = Runtime(bundle, manifest, bid, engine, scheduler, index)

@@ -84,6 +84,11 @@ class Settings(BaseSettings):
         description="allowed CORS origins, a JSON list; CORS is off unless set",
     )
     warmup_runs: int = Field(3, ge=1, description="timed runs per (exit depth, batch size)")
+    anytime: Literal["auto", "off"] = Field(
+        "auto",
+        description="auto: requests with a budget run block by block and each leaves at its own "
+        "deadline, when the bundle has segment graphs; off: one graph per chosen depth",
+    )
     calibration: Literal["components", "global"] = Field(
         "components",
         description="how predictions absorb what the latency table cannot see: per part of a "

@@ -1,12 +1,14 @@
-"""Dynamic batching: one queue per graph (an exit depth, or the all-exits graph), one worker.
+"""Dynamic batching: one queue per graph (an exit depth, or the all-exits graph), cohorts that run
+block by block (:mod:`.anytime`), and one compute worker.
 
-Requests enqueue jobs; a single worker task forms batches — the graph whose oldest job is oldest
-goes next, taking jobs up to ``max_batch`` images, waiting at most ``max_wait_ms`` for company
-while more requests are on their way (``upstream``) — and runs them on one thread off the event
-loop (onnxruntime uses every core for one batch; two batches at once would only fight). The
-queue is bounded: beyond ``queue_bound`` waiting images a request is refused with
-:class:`Overloaded` (503 + Retry-After). The batcher knows nothing of budgets: that is the
-scheduler's business (:mod:`service.inference.scheduler`).
+Requests enqueue work; a single worker task picks the most urgent unit — earliest deadline
+first, where a cohort's deadline is its tightest rider's and a graph batch is due when its oldest
+job would finish if started — forms batches up to ``max_batch`` images, waits at most
+``max_wait_ms`` for company while more requests are on their way (``upstream``), and runs one
+graph (or one segment) at a time on one thread off the event loop (onnxruntime uses every core
+for one batch; two at once would only fight). The queue is bounded: beyond ``queue_bound``
+waiting images a request is refused with :class:`Overloaded` (503 + Retry-After). The batcher
+knows nothing of budgets beyond deadlines: choosing depths is the scheduler's business.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.inference.anytime import Cohort, Left, Rider
 from service.inference.latency import LatencyModel
 from service.inference.planner import QueueState
 
@@ -64,7 +67,7 @@ class BatchRecord:
 
 
 class Batcher:
-    """Queues, the worker task, and the queue state the planner reads."""
+    """Queues, cohorts, the worker task, and the queue state the planner reads."""
 
     def __init__(
         self,
@@ -75,8 +78,13 @@ class Batcher:
         max_wait_ms: float,
         queue_bound: int,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        run_segment: Callable[[Hashable, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+        segments: list[Hashable] | None = None,
+        exit_depths: list[int] | None = None,
     ) -> None:
         self._run, self.latency = run, latency
+        self._run_segment, self.segments = run_segment, list(segments or [])
+        self.exit_depths = list(exit_depths or range(1, len(self.segments) + 1))
         self.max_batch, self.max_wait_s, self.queue_bound = (
             max_batch,
             max_wait_ms / 1000,
@@ -85,13 +93,13 @@ class Batcher:
         self._on_batch = on_batch
         self._queues: dict[Hashable, deque[Job]] = {}
         self._pending: dict[Hashable, int] = {}
+        self._cohorts: list[Cohort] = []
         self._total = 0
         self._inflight: tuple[float, float] | None = None  # (started, predicted ms)
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._task: asyncio.Task | None = None
         self._closed = False
-        self._outstanding = 0  # submitted jobs not yet answered
         # Inference requests admitted but not yet submitted (parsing, decoding): the scheduler
         # counts them. Waiting for company only pays when some are on their way.
         self.upstream: Callable[[], int] = lambda: 0
@@ -104,18 +112,18 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._worker(), name="batcher")
 
     async def close(self) -> None:
-        """Stop taking work, let queued jobs finish, then stop the worker."""
+        """Stop taking work, let queued work finish, then stop the worker."""
         self._closed = True
         deadline = time.monotonic() + 60
         while (self._total or self._inflight) and time.monotonic() < deadline:
             if self._task is not None and self._task.done():
                 break  # the worker is gone: nothing will drain the queue
             await asyncio.sleep(0.005)
-        for queue in self._queues.values():  # whatever is left is refused, never left hanging
-            while queue:
-                job = queue.popleft()
-                if not job.future.done():
-                    job.future.set_exception(Overloaded(1))
+        futures = [j.future for q in self._queues.values() for j in q]
+        futures += [r.future for c in self._cohorts for r in c.riders]
+        for future in futures:  # whatever is left is refused, never left hanging
+            if not future.done():
+                future.set_exception(Overloaded(1))
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -128,29 +136,46 @@ class Batcher:
         if self._inflight is not None:
             started, predicted = self._inflight
             remaining = max(0.0, predicted - 1000 * (time.perf_counter() - started))
+        for c in self._cohorts:  # at most the rest of the way down, cautiously
+            remaining += sum(self.latency.predict(s, c.images) for s in self.segments[c.depth :])
         return QueueState(
             pending=dict(self._pending),
             inflight_remaining_ms=remaining,
             company=self.upstream() > 1,  # someone besides the asker is on the way
         )
 
-    async def submit(self, key: Hashable, images: np.ndarray) -> Ran:
-        """Queue ``images`` for graph ``key`` and wait for its rows (or raise Overloaded)."""
-        n = len(images)
+    def _admit(self, n: int) -> None:
         if self._closed:
             raise Overloaded(1)
         if self._total and self._total + n > self.queue_bound:
             raise Overloaded(self._retry_after())
+
+    async def submit(self, key: Hashable, images: np.ndarray) -> Ran:
+        """Queue ``images`` for graph ``key`` and wait for its rows (or raise Overloaded)."""
+        self._admit(len(images))
         job = Job(key, images, asyncio.get_running_loop().create_future())
         self._queues.setdefault(key, deque()).append(job)
-        self._pending[key] = self._pending.get(key, 0) + n
-        self._total += n
-        self._outstanding += 1
+        self._pending[key] = self._pending.get(key, 0) + len(images)
+        self._total += len(images)
         self._wake.set()
-        try:
-            return await job.future
-        finally:
-            self._outstanding -= 1
+        return await job.future
+
+    async def submit_anytime(
+        self, images: np.ndarray, *, deadline: float, reserve_s: float
+    ) -> Left:
+        """Ride ``images`` through the segments until ``deadline`` (minus ``reserve_s``) or
+        the last block; the embeddings of the depth reached (or raise Overloaded)."""
+        self._admit(len(images))
+        rider = Rider(images, deadline, reserve_s, asyncio.get_running_loop().create_future())
+        last = self._cohorts[-1] if self._cohorts else None
+        waiting = last if last is not None and last.started is None else None  # not yet running
+        if waiting is None or waiting.images + len(images) > self.max_batch:
+            waiting = Cohort(self.exit_depths)
+            self._cohorts.append(waiting)
+        waiting.riders.append(rider)
+        self._total += len(images)
+        self._wake.set()
+        return await rider.future
 
     def _retry_after(self) -> int:
         state = self.state()
@@ -159,9 +184,105 @@ class Batcher:
         )
         return max(1, math.ceil(ahead / 1000)) if math.isfinite(ahead) else 1
 
-    def _next_key(self) -> Hashable | None:
-        heads = [(q[0].enqueued, k) for k, q in self._queues.items() if q]
-        return min(heads)[1] if heads else None
+    # ---- the worker ------------------------------------------------------------------------
+    def _most_urgent(self) -> Hashable | Cohort | None:
+        """Earliest deadline first: a cohort's is its tightest rider's; a graph queue is due
+        when its oldest job would finish if started now."""
+        candidates: list[tuple[float, float, Hashable | Cohort]] = []
+        for key, queue in self._queues.items():
+            if queue:
+                head = queue[0]
+                due = head.enqueued + self.latency.predict(key, len(head.images)) / 1000
+                candidates.append((due, head.enqueued, key))  # unmeasured graphs: by age
+        for cohort in self._cohorts:
+            if cohort.riders:
+                candidates.append((cohort.urgency, cohort.oldest, cohort))
+        return min(candidates, key=lambda c: c[:2])[2] if candidates else None
+
+    async def _worker(self) -> None:
+        while True:
+            try:
+                await self._work_once()
+            except Exception:  # a bug here must not leave every later request hanging
+                log.exception("the batcher's worker failed; failing the work it held")
+                self._fail_everything(RuntimeError("internal error in the batcher"))
+
+    def _fail_everything(self, exc: Exception) -> None:
+        for q in self._queues.values():
+            while q:
+                job = q.popleft()
+                if not job.future.done():
+                    job.future.set_exception(exc)
+        for c in self._cohorts:
+            for r in c.riders:
+                if not r.future.done():
+                    r.future.set_exception(exc)
+        self._queues.clear()
+        self._pending.clear()
+        self._cohorts.clear()
+        self._total = 0
+
+    async def _work_once(self) -> None:
+        unit = self._most_urgent()
+        if unit is None:
+            self._wake.clear()
+            await self._wake.wait()
+        elif isinstance(unit, Cohort):
+            await self._step(unit)
+        else:
+            await self._batch(unit)
+
+    async def _wait_for_company(self, images: int, oldest: float) -> bool:
+        """Wait (at most until ``oldest`` is max_wait old) when the batch is not full and
+        other requests are on their way; True if it waited."""
+        age = time.perf_counter() - oldest
+        if self.upstream() > 0 and images < self.max_batch and age < self.max_wait_s:
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.max_wait_s - age)
+            return True
+        return False
+
+    async def _timed(self, key: Hashable, fn: Callable, *args: object) -> tuple[object, float]:
+        """Run one graph off the event loop; its result and when it finished."""
+        n = len(args[0])  # type: ignore[arg-type]
+        self._inflight = (time.perf_counter(), self.latency.predict(key, n))
+        started = time.perf_counter()
+        try:
+            out = await asyncio.get_running_loop().run_in_executor(self._executor, fn, key, *args)
+        finally:
+            self._inflight = None
+        finished = time.perf_counter()
+        ms = 1000 * (finished - started)
+        self.latency.observe(key, n, ms)
+        if self._on_batch:
+            self._on_batch(BatchRecord(key, n, ms))
+        return out, finished
+
+    async def _batch(self, key: Hashable) -> None:
+        if await self._wait_for_company(self._pending.get(key, 0), self._queues[key][0].enqueued):
+            return
+        jobs = self._take(key)
+        jobs = [j for j in jobs if not j.future.cancelled()]
+        if not jobs:
+            return
+        batch = np.concatenate([j.images for j in jobs]) if len(jobs) > 1 else jobs[0].images
+        started = time.perf_counter()
+        try:
+            out, finished = await self._timed(key, self._run, batch)
+        except Exception as exc:  # a failed run fails its requests, never the worker
+            log.exception("batch of %d on graph %s failed", len(batch), key)
+            for j in jobs:
+                if not j.future.done():
+                    j.future.set_exception(exc)
+            return
+        offset = 0
+        for j in jobs:
+            n = len(j.images)
+            rows = out[offset : offset + n] if out.ndim == 2 else out[:, offset : offset + n]
+            offset += n
+            if not j.future.done():
+                j.future.set_result(Ran(rows, j.enqueued, started, finished, len(batch)))
 
     def _take(self, key: Hashable) -> list[Job]:
         queue, jobs, size = self._queues[key], [], 0
@@ -175,53 +296,35 @@ class Batcher:
         self._total -= size
         return jobs
 
-    async def _worker(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            key = self._next_key()
-            if key is None:
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            # Wait for company while the batch is not full, its oldest job is young enough, and
-            # other requests are on their way (no one to wait for at concurrency 1).
-            head_age = time.perf_counter() - self._queues[key][0].enqueued
-            company = self.upstream() > 0
-            if (
-                company
-                and self._pending.get(key, 0) < self.max_batch
-                and head_age < self.max_wait_s
-            ):
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.max_wait_s - head_age)
-                continue
-            jobs = self._take(key)
-            jobs = [j for j in jobs if not j.future.cancelled()]
-            if not jobs:
-                continue
-            batch = np.concatenate([j.images for j in jobs]) if len(jobs) > 1 else jobs[0].images
-            self._inflight = (time.perf_counter(), self.latency.predict(key, len(batch)))
-            started = time.perf_counter()
+    async def _step(self, cohort: Cohort) -> None:
+        """One segment of a cohort, with riders leaving before (if it was put aside) and after."""
+        if cohort.depth == 0 and await self._wait_for_company(cohort.images, cohort.oldest):
+            return
+        self._release(cohort)  # a rider that can no longer afford the next block leaves now
+        if cohort.riders:
+            segment = self.segments[cohort.depth]
+            x = cohort.input()
             try:
-                out = await loop.run_in_executor(self._executor, self._run, key, batch)
-            except Exception as exc:  # a failed run fails its requests, never the worker
-                log.exception("batch of %d on graph %s failed", len(batch), key)
-                for j in jobs:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
-                continue
-            finally:
-                self._inflight = None
-            finished = time.perf_counter()
-            ms = 1000 * (finished - started)
-            self.latency.observe(key, len(batch), ms)
-            if self._on_batch:
-                self._on_batch(BatchRecord(key, len(batch), ms))
-            offset = 0
-            for j in jobs:
-                n = len(j.images)
-                rows = out[offset : offset + n] if out.ndim == 2 else out[:, offset : offset + n]
-                offset += n
-                if not j.future.done():
-                    j.future.set_result(Ran(rows, j.enqueued, started, finished, len(batch)))
+                (hidden, embedding), _ = await self._timed(segment, self._run_segment, x)
+            except Exception as exc:
+                log.exception("segment %s of a cohort of %d failed", segment, len(x))
+                for r in cohort.riders:
+                    if not r.future.done():
+                        r.future.set_exception(exc)
+                self._total -= cohort.images
+                cohort.riders.clear()
+            else:
+                cohort.advance(hidden, embedding)
+                self._release(cohort)
+        if not cohort.riders:
+            self._cohorts.remove(cohort)
+
+    def _release(self, cohort: Cohort) -> None:
+        def cost_s(first: int, last: int, images: int) -> float:
+            segments = self.segments[first:last]  # blocks first+1..last
+            return sum(self.latency.predict(s, images) for s in segments) / 1000
+
+        for rider, left in cohort.leave(time.perf_counter(), cost_s):
+            self._total -= len(rider.images)
+            if not rider.future.done():
+                rider.future.set_result(left)

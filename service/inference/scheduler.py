@@ -38,6 +38,7 @@ class Served:
     raw_remaining_ms: float  # the uncalibrated prediction of what followed ``decided``
     in_flight: int  # inference requests in flight when it was decided (this one included)
     ran: Ran | None
+    lane: str = ""  # what the calibration learns this request's timing as (route[:anytime])
 
 
 class Admission:
@@ -74,14 +75,20 @@ class Scheduler:
         queue_bound: int,
         calibration: Mode = Mode.COMPONENTS,
         on_batch: Callable[[BatchRecord], None] | None = None,
+        run_segment: Callable[[Hashable, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
+        segments: list[Hashable] | None = None,
     ) -> None:
         self.latency, self.exit_depths, self.all_exits = latency, list(exit_depths), all_exits
         self.max_wait_ms = max_wait_ms
         self.calibration = Calibration(calibration)
         self.upstream = 0  # admitted inference requests not yet submitted
         self.in_flight = 0  # admitted inference requests not yet ended
+        # Budgets run block by block when the bundle has segments (and they are not turned off).
+        self.anytime = bool(segments) and run_segment is not None
         self.batcher = Batcher(run, latency, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                               queue_bound=queue_bound, on_batch=on_batch)  # fmt: skip
+                               queue_bound=queue_bound, on_batch=on_batch,
+                               run_segment=run_segment, segments=segments,
+                               exit_depths=exit_depths)  # fmt: skip
         self.batcher.upstream = lambda: self.upstream
 
     def start(self) -> None:
@@ -105,7 +112,12 @@ class Scheduler:
         all_exits: bool = False,
     ) -> Served:
         """Plan (the deepest depth predicted to fit ``budget_ms``; else ``exit_depth``; else the
-        deepest; or every exit), submit, and wait for the rows. Raises ``Overloaded``."""
+        deepest; or every exit), submit, and wait for the rows. Raises ``Overloaded``.
+
+        With segments, a budget runs block by block instead (:mod:`.anytime`): the depth is
+        decided at every block boundary, with the time actually spent."""
+        if budget_ms is not None and not all_exits and self.anytime:
+            return await self._anytime(images, admission, route, arrival, budget_ms)
         now, in_flight = time.perf_counter(), self.in_flight
         pads = self.calibration.pads(route, in_flight)
         queue = self.batcher.state()
@@ -133,6 +145,31 @@ class Scheduler:
             raw_remaining_ms=est.wait_ms + est.compute_ms,
             in_flight=in_flight,
             ran=ran,
+            lane=route,
+        )
+
+    async def _anytime(
+        self, images: np.ndarray, admission: Admission, route: str, arrival: float, budget_ms: float
+    ) -> Served:
+        lane, in_flight = f"{route}:anytime", self.in_flight
+        reserve_ms = self.calibration.pads(lane, in_flight).remaining_ms
+        admission.submitted()
+        left = await self.batcher.submit_anytime(
+            images, deadline=arrival + budget_ms / 1000, reserve_s=reserve_ms / 1000
+        )
+        ran = Ran(left.rows, left.enqueued, left.started, left.decided, left.batch_size)
+        return Served(
+            output=left.rows,
+            exit_depth=left.exit_depth,
+            budget_ms=budget_ms,
+            predicted_ms=1000 * (left.decided - arrival) + reserve_ms,
+            fits=left.fits,
+            arrival=arrival,
+            decided=left.decided,
+            raw_remaining_ms=0.0,  # what follows leaving is the response alone
+            in_flight=in_flight,
+            ran=ran,
+            lane=lane,
         )
 
     def without_compute(
@@ -143,7 +180,8 @@ class Scheduler:
         now, in_flight = time.perf_counter(), self.in_flight
         pads = self.calibration.pads(route, in_flight)
         predicted = 1000 * (now - arrival) + pads.remaining_ms + pads.whole_ms
-        return Served(None, exit_depth, None, predicted, True, arrival, now, 0.0, in_flight, None)
+        return Served(None, exit_depth, None, predicted, True, arrival, now, 0.0, in_flight, None,
+                      route)  # fmt: skip
 
     def answered(self, served: Served, *, route: str) -> dict[str, float | bool | None]:
         """The response is ready: learn from this request and return its timing block."""
@@ -152,7 +190,7 @@ class Scheduler:
         remaining = 1000 * (now - served.decided)
         raw_whole = 1000 * (served.decided - served.arrival) + served.raw_remaining_ms
         self.calibration.observe(
-            route,
+            served.lane or route,
             in_flight=served.in_flight,
             remaining_error_ms=remaining - served.raw_remaining_ms,
             whole_error_ms=elapsed - raw_whole,
@@ -170,9 +208,14 @@ class Scheduler:
         """The latency table for /v1/model: one row per measured (graph, batch size)."""
         rows = []
         for key, b, mean, predicted, samples in self.latency.rows():
-            depth = None if key == self.all_exits else int(key)
-            rows.append({"exit_depth": depth, "graph": "all_exits" if depth is None else
-                         f"exit_{depth:02d}", "batch_size": b, "mean_ms": round(mean, 3),
-                         "predicted_ms": round(predicted, 3), "samples": samples})  # fmt: skip
+            if key == self.all_exits:
+                depth, graph = None, "all_exits"
+            elif isinstance(key, int):
+                depth, graph = key, f"exit_{key:02d}"
+            else:  # a segment: the blocks that end at its exit depth
+                depth, graph = key.last, f"segment_{key.last - 1:02d}_{key.last:02d}"
+            rows.append({"exit_depth": depth, "graph": graph, "batch_size": b,
+                         "mean_ms": round(mean, 3), "predicted_ms": round(predicted, 3),
+                         "samples": samples})  # fmt: skip
         return sorted(rows, key=lambda r: (r["exit_depth"] is None, r["exit_depth"] or 0,
-                                           r["batch_size"]))  # fmt: skip
+                                           r["graph"], r["batch_size"]))  # fmt: skip

@@ -27,6 +27,7 @@ def test_auto_reports_the_device_each_graph_really_runs_on(server) -> None:
         model = c.get("/v1/model").json()
         assert model["device"] == "cpu" and model["index_device"] == "cpu"
         graphs = {e["file"] for e in model["manifest"]["exits"]} | {"all_exits.onnx"}
+        graphs |= {s["file"] for s in model["manifest"]["segments"]}
         assert set(model["providers"]) == graphs
         assert all(p == ["CPUExecutionProvider"] for p in model["providers"].values())
         metrics = c.get("/metrics").text

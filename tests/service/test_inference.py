@@ -200,3 +200,84 @@ def test_admitted_requests_are_the_company_the_batcher_waits_for() -> None:
 
     served = run(scenario())
     assert {x.ran.batch_size for x in served} == {3}  # they ran together
+
+
+SEGMENTS = ["s1", "s2", "s3", "s4"]
+
+
+def segment_engine(cost_s: float):
+    """A plain segment function: each block adds 1 to the hidden state and costs ``cost_s``;
+    the embedding is the number of blocks done (so a row tells its depth)."""
+
+    def run_segment(segment, hidden):
+        time.sleep(cost_s)
+        h = (hidden if hidden.dtype != np.uint8 else np.zeros((len(hidden), 2), np.float32)) + 1
+        return h, h[:, :1].copy()
+
+    return run_segment
+
+
+def segment_batcher(cost_s: float, exit_depths=None) -> Batcher:
+    m = LatencyModel(SEGMENTS, [1, 2, 4, 8])
+    for s in SEGMENTS:
+        for b in (1, 2, 4, 8):
+            m.observe(s, b, 1000 * cost_s)
+    return Batcher(sleeping_engine, m, max_batch=8, max_wait_ms=0, queue_bound=64,
+                   run_segment=segment_engine(cost_s), segments=SEGMENTS,
+                   exit_depths=exit_depths)  # fmt: skip
+
+
+def test_riders_leave_at_their_own_deadlines() -> None:
+    async def scenario():
+        b = segment_batcher(0.02)
+        b.start()
+        now = time.perf_counter()
+        image = np.zeros((1, 2, 2, 3), np.uint8)
+        tight, roomy = await asyncio.gather(
+            b.submit_anytime(image, deadline=now + 0.05, reserve_s=0.0),
+            b.submit_anytime(image, deadline=now + 5.0, reserve_s=0.0),
+        )
+        await b.close()
+        return tight, roomy
+
+    tight, roomy = run(scenario())
+    # blocks of 20 ms and a 50 ms deadline: after two, a third would end too late
+    assert tight.exit_depth == 2 and tight.fits and tight.decided <= tight.enqueued + 0.05
+    assert float(tight.rows[0, 0]) == tight.exit_depth  # the embedding of the depth it reports
+    assert roomy.exit_depth == 4 and float(roomy.rows[0, 0]) == 4
+    assert tight.batch_size == roomy.batch_size == 2  # they rode together
+
+
+def test_a_tight_request_does_not_wait_for_a_deep_batch() -> None:
+    async def scenario():
+        b = segment_batcher(0.03)
+        b.start()
+        image = np.zeros((1, 2, 2, 3), np.uint8)
+        deep = asyncio.create_task(
+            b.submit_anytime(image, deadline=time.perf_counter() + 10, reserve_s=0)
+        )
+        await asyncio.sleep(0.04)  # the deep one is in its second block
+        tight = await b.submit_anytime(image, deadline=time.perf_counter() + 0.1, reserve_s=0)
+        deep = await deep
+        await b.close()
+        return tight, deep
+
+    tight, deep = run(scenario())
+    assert tight.fits and tight.decided < deep.decided and deep.exit_depth == 4
+    assert tight.decided - tight.enqueued < 0.1  # one block of the other, then its own
+
+
+def test_riders_leave_only_at_the_bundles_exit_depths() -> None:
+    async def scenario():
+        b = segment_batcher(0.01, exit_depths=[2, 4])
+        b.start()
+        image = np.zeros((1, 2, 2, 3), np.uint8)
+        out = [await b.submit_anytime(image, deadline=time.perf_counter() + dl, reserve_s=0)
+               for dl in (0.001, 0.035, 5.0)]  # fmt: skip
+        await b.close()
+        return out
+
+    hopeless, middling, roomy = run(scenario())
+    assert hopeless.exit_depth == 2 and not hopeless.fits  # the first exit, late
+    assert middling.exit_depth == 2 and middling.fits
+    assert roomy.exit_depth == 4
