@@ -30,6 +30,7 @@ from service.inference.latency import LatencyModel
 from service.inference.planner import QueueState
 
 log = logging.getLogger(__name__)
+GROUP_COST = 1.5  # images ride one cohort while a block costs at most this x one image's
 
 
 class Overloaded(Exception):
@@ -169,13 +170,24 @@ class Batcher:
         rider = Rider(images, deadline, reserve_s, asyncio.get_running_loop().create_future())
         last = self._cohorts[-1] if self._cohorts else None
         waiting = last if last is not None and last.started is None else None  # not yet running
-        if waiting is None or waiting.images + len(images) > self.max_batch:
+        if waiting is None or not self._may_ride_together(waiting.images + len(images)):
             waiting = Cohort(self.exit_depths)
             self._cohorts.append(waiting)
         waiting.riders.append(rider)
         self._total += len(images)
         self._wake.set()
         return await rider.future
+
+    def _may_ride_together(self, images: int) -> bool:
+        """Whether a cohort of ``images`` is worth forming: within ``max_batch``, and a block
+        at that size costing at most GROUP_COST x a block of one image — everyone waits for
+        the slowest block in a cohort (and a tight request for one block of any cohort), so
+        images ride together only where batching is nearly free (a GPU), not where cost grows
+        with the batch (a CPU)."""
+        if images > self.max_batch:
+            return False
+        first = self.segments[0]
+        return self.latency.predict(first, images) <= GROUP_COST * self.latency.predict(first, 1)
 
     def _retry_after(self) -> int:
         state = self.state()
@@ -298,7 +310,11 @@ class Batcher:
 
     async def _step(self, cohort: Cohort) -> None:
         """One segment of a cohort, with riders leaving before (if it was put aside) and after."""
-        if cohort.depth == 0 and await self._wait_for_company(cohort.images, cohort.oldest):
+        if (
+            cohort.depth == 0
+            and self._may_ride_together(cohort.images + 1)
+            and await self._wait_for_company(cohort.images, cohort.oldest)
+        ):
             return
         self._release(cohort)  # a rider that can no longer afford the next block leaves now
         if cohort.riders:
