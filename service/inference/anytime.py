@@ -64,9 +64,15 @@ class Cohort:
     def images(self) -> int:
         return sum(len(r.images) for r in self.riders)
 
-    @property
-    def urgency(self) -> float:
-        return min(r.deadline for r in self.riders)
+    def latest_start(self, cost_s: Callable[[int, int, int], float]) -> float:
+        """When the next block must start at the latest for the tightest rider to reach its
+        next exit depth in time (the worker runs the smallest first)."""
+        reach = (
+            cost_s(self.depth, self.next_exit(), self.images)
+            if self.depth < self.max_depth
+            else 0.0
+        )
+        return min(r.deadline - r.reserve_s for r in self.riders) - reach
 
     @property
     def oldest(self) -> float:

@@ -1,10 +1,11 @@
 """Dynamic batching: one queue per graph (an exit depth, or the all-exits graph), cohorts that run
 block by block (:mod:`.anytime`), and one compute worker.
 
-Requests enqueue work; a single worker task picks the most urgent unit — earliest deadline
-first, where a cohort's deadline is its tightest rider's and a graph batch is due when its oldest
-job would finish if started — forms batches up to ``max_batch`` images, waits at most
-``max_wait_ms`` for company while more requests are on their way (``upstream``), and runs one
+Requests enqueue work; a single worker task picks the most urgent unit — least slack first: a
+cohort by the latest moment its next block can start for its tightest rider to reach the next
+exit in time, a graph batch by when its oldest job would finish if started now — forms batches
+up to ``max_batch`` images, waits at most ``max_wait_ms`` for company while more requests are on
+their way (``upstream``), and runs one
 graph (or one segment) at a time on one thread off the event loop (onnxruntime uses every core
 for one batch; two at once would only fight). The queue is bounded: beyond ``queue_bound``
 waiting images a request is refused with :class:`Overloaded` (503 + Retry-After). The batcher
@@ -186,8 +187,9 @@ class Batcher:
         with the batch (a CPU)."""
         if images > self.max_batch:
             return False
-        first = self.segments[0]
-        return self.latency.predict(first, images) <= GROUP_COST * self.latency.predict(first, 1)
+        first = self.segments[0]  # typical costs: a tail from a few samples is too noisy here
+        typical = self.latency.predict(first, images, tail=False)
+        return typical <= GROUP_COST * self.latency.predict(first, 1, tail=False)
 
     def _retry_after(self) -> int:
         state = self.state()
@@ -208,7 +210,7 @@ class Batcher:
                 candidates.append((due, head.enqueued, key))  # unmeasured graphs: by age
         for cohort in self._cohorts:
             if cohort.riders:
-                candidates.append((cohort.urgency, cohort.oldest, cohort))
+                candidates.append((cohort.latest_start(self._cost_s), cohort.oldest, cohort))
         return min(candidates, key=lambda c: c[:2])[2] if candidates else None
 
     async def _worker(self) -> None:
@@ -335,12 +337,12 @@ class Batcher:
         if not cohort.riders:
             self._cohorts.remove(cohort)
 
-    def _release(self, cohort: Cohort) -> None:
-        def cost_s(first: int, last: int, images: int) -> float:
-            segments = self.segments[first:last]  # blocks first+1..last
-            return sum(self.latency.predict(s, images) for s in segments) / 1000
+    def _cost_s(self, first: int, last: int, images: int) -> float:
+        """Predicted seconds of blocks first+1..last for ``images``."""
+        return sum(self.latency.predict(s, images) for s in self.segments[first:last]) / 1000
 
-        for rider, left in cohort.leave(time.perf_counter(), cost_s):
+    def _release(self, cohort: Cohort) -> None:
+        for rider, left in cohort.leave(time.perf_counter(), self._cost_s):
             self._total -= len(rider.images)
             if not rider.future.done():
                 rider.future.set_result(left)
