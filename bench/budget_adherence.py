@@ -35,14 +35,16 @@ from bench.depth_scaling import ensure_vit_s16
 MODES = {
     "previous": {"calibration": "global", "anytime": "off"},
     "whole graphs": {"calibration": "components", "anytime": "off"},
-    "anytime": {"calibration": "components", "anytime": "auto"},
+    "anytime": {"calibration": "components", "anytime": "on"},
 }
 QUEUE_BOUND = 16
 
 
 def cost_table(url: str) -> dict[tuple[int, int], float]:
+    """(exit depth, batch size) -> mean ms of that depth's whole graph (not its segment)."""
     rows = httpx.get(f"{url}/v1/model").json()["latency"]
-    return {(r["exit_depth"], r["batch_size"]): r["mean_ms"] for r in rows if r["exit_depth"]}
+    return {(r["exit_depth"], r["batch_size"]): r["mean_ms"] for r in rows
+            if r["graph"] == f"exit_{r['exit_depth'] or 0:02d}"}  # fmt: skip
 
 
 def bucket(sizes: list[int], n: int) -> int:
@@ -102,15 +104,17 @@ async def _step(url, pngs, budgets, seconds, low, high) -> list[tuple[float, int
     return out
 
 
-def load_step(url, pngs, budgets, seconds, low=8, high=32) -> list[dict]:
+def load_step(url, pngs, budgets, seconds, low=8, high=32, bin_s=0.5) -> list[dict]:
     events = asyncio.run(_step(url, pngs, [float(b) for b in budgets], seconds, low, high))
     rows = []
-    for s in range(int(2 * seconds)):
-        window = [e for e in events if s <= e[0] < s + 1]
+    for k in range(int(2 * seconds / bin_s)):
+        t = k * bin_s
+        window = [e for e in events if t <= e[0] < t + bin_s]
         ok = [d for _, code, d in window if code == 200]
-        rows.append({"second": s, "clients": low if s < seconds else high,
-                     "answered": len(ok), "rejected_503": sum(c == 503 for _, c, _ in window),
-                     "mean_depth": float(np.mean(ok)) if ok else float("nan")})  # fmt: skip
+        rows.append({"second": t, "answered": len(ok),
+                     "rejected_503": sum(c == 503 for _, c, _ in window),
+                     "mean_depth": float(np.mean(ok)) if ok else float("nan"),
+                     "phase": "8 clients" if t < seconds else "ramp to 32"})  # fmt: skip
     return rows
 
 
@@ -162,17 +166,18 @@ def report(name: str, out: dict) -> None:
               f"{m['mean_batch']:.1f} |")  # fmt: skip
     for mode, m in out["modes"].items():
         step = m["step"]
-        print(f"\nload step, {mode}: second | clients | answered | 503 | mean depth")
-        print("| " + " | ".join(str(r["second"]) for r in step) + " |")
-        print("|" + "---:|" * len(step))
-        for key in ("clients", "answered", "rejected_503"):
-            print("| " + " | ".join(str(r[key]) for r in step) + " |")
-        print("| " + " | ".join(f"{r['mean_depth']:.1f}" for r in step) + " |")
+        print(f"\nload step, {mode} (per {step[1]['second']:g} s: answered / 503 / mean depth):")
+        print("| s | " + " | ".join(f"{r['second']:g}" for r in step) + " |")
+        print("|---|" + "---:|" * len(step))
+        for key, label in (("answered", "ok"), ("rejected_503", "503")):
+            print(f"| {label} | " + " | ".join(str(r[key]) for r in step) + " |")
+        print("| depth | " + " | ".join(f"{r['mean_depth']:.1f}" for r in step) + " |")
         first_503 = next((r["second"] for r in step if r["rejected_503"]), None)
-        base = np.nanmean([r["mean_depth"] for r in step if r["clients"] == step[0]["clients"]])
-        lower = next((r["second"] for r in step if r["mean_depth"] < 0.8 * base), None)
-        print(f"\ndepth first fell below 0.8 x its level at 8 clients at second {lower}; "
-              f"first 503 at second {first_503}")  # fmt: skip
+        base = np.nanmean([r["mean_depth"] for r in step if r["phase"] == "8 clients"])
+        ramp = [r for r in step if r["phase"] != "8 clients"]
+        lower = next((r["second"] for r in ramp if r["mean_depth"] < 0.8 * base), None)
+        print(f"\nmean depth with 8 clients {base:.2f}; in the ramp it first fell below 80 % of "
+              f"that at {lower} s; first 503 at {first_503} s")  # fmt: skip
 
 
 def main() -> dict:

@@ -84,10 +84,12 @@ class Settings(BaseSettings):
         description="allowed CORS origins, a JSON list; CORS is off unless set",
     )
     warmup_runs: int = Field(3, ge=1, description="timed runs per (exit depth, batch size)")
-    anytime: Literal["auto", "off"] = Field(
+    anytime: Literal["auto", "on", "off"] = Field(
         "auto",
-        description="auto: requests with a budget run block by block and each leaves at its own "
-        "deadline, when the bundle has segment graphs; off: one graph per chosen depth",
+        description="on: requests with a budget run block by block (the bundle's segment graphs) "
+        "and each leaves at its own deadline; off: one whole graph per chosen depth; auto: on "
+        "when a block costs at least 1 ms at warm-up (below that, per-block overhead outweighs "
+        "the gain)",
     )
     calibration: Literal["components", "global"] = Field(
         "components",
