@@ -30,10 +30,17 @@ import onnxruntime as ort
 
 from bench.common import DEFAULT_BUNDLE, ROOT, ServerProcess, closed_loop, digit_pngs, machine
 from export.manifest import INPUT_NAME, Manifest
+from service.engine import default_threads
 from service.images import prepare
 
 
-def in_process(bundle: Path, images: np.ndarray, threads: int, seconds: float) -> dict[int, float]:
+def in_process(
+    bundle: Path,
+    images: np.ndarray,
+    threads: int,
+    seconds: float,
+    batch_sizes: tuple[int, ...] = (1, 2, 4, 8, 16, 32),
+) -> dict[int, float]:
     """Images/s of the deepest exit graph in this process, per batch size."""
     m = Manifest.read(bundle)
     opts = ort.SessionOptions()
@@ -42,12 +49,12 @@ def in_process(bundle: Path, images: np.ndarray, threads: int, seconds: float) -
         str(bundle / m.exits[-1].file), opts, providers=["CPUExecutionProvider"]
     )
     out = {}
-    for b in (1, 2, 4, 8, 16, 32):
+    for b in batch_sizes:
         batch = images[np.arange(b) % len(images)]
         for _ in range(3):
             session.run(None, {INPUT_NAME: batch})
         n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 6:
+        while time.perf_counter() - start < seconds / len(batch_sizes):
             session.run(None, {INPUT_NAME: batch})
             n += b
         out[b] = n / (time.perf_counter() - start)
@@ -186,9 +193,9 @@ def main() -> dict:
                 "p99_ms": r.pct(99),
                 "errors": r.errors,
             }
-        model = httpx.get(f"{server.url}/v1/model").json()["latency"]
-        compute = next(r["mean_ms"] for r in model
-                       if r["exit_depth"] == depth and r["batch_size"] == 1)  # fmt: skip
+        # The graph's own time for one image, in this process, on the server's threads.
+        single = in_process(args.bundle, arrays, args.threads or default_threads(), 6.0, (1,))
+        compute = 1000 / single[1]
         overhead = wrk_overhead(server.url, pngs[0], depth, compute, args.seconds)
         python_c1 = 1000 / results[1]["rps"] - compute
 
@@ -221,7 +228,6 @@ def main() -> dict:
              if "overhead_ms" in overhead else overhead["error"]))  # fmt: skip
     if args.vit_s16:
         from bench.depth_scaling import ensure_vit_s16
-        from service.engine import default_threads
 
         bundle, _ = ensure_vit_s16(ROOT / "artifacts" / "bench")
         cb = compute_bound(bundle, pngs, 2 * args.seconds, default_threads())

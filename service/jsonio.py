@@ -15,7 +15,8 @@ from typing import Any
 
 from service.errors import APIError
 
-MAX_INT_DIGITS = 64  # wider than any 64-bit id or count; far below Python's 4,300-digit limit
+MAX_INT_DIGITS = 64  # cheap first check, far below Python's 4,300-digit limit
+INT_RANGE = (-(2**63), 2**64 - 1)  # what responses (orjson) can write: 64-bit integers
 
 
 def _reject_constant(name: str) -> Any:
@@ -34,7 +35,11 @@ def _int(text: str) -> int:
         raise APIError(
             422, "invalid_json_number", f"integer with more than {MAX_INT_DIGITS} digits"
         )
-    return int(text)
+    value = int(text)
+    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+        shown = text if len(text) <= 24 else text[:24] + "…"
+        raise APIError(422, "invalid_json_number", f"integer {shown} is beyond 64 bits")
+    return value
 
 
 def loads_strict(data: bytes | str, what: str = "body") -> Any:

@@ -69,7 +69,7 @@ class Calibration:
             self._by_route.setdefault(route, Window()).add(remaining_error_ms)
             self._whole.append(whole_error_ms)
             self._seen += 1
-            if self._seen < 8 or self._seen % 8 == 0:  # the previous rule's refresh
+            if self.mode is Mode.GLOBAL and (self._seen < 8 or self._seen % 8 == 0):
                 q = float(np.percentile(self._whole, GLOBAL_QUANTILE))
                 self._whole_pad = max(0.0, q)
 

@@ -11,13 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fastapi import Request
-from fastapi.responses import JSONResponse
 from starlette.datastructures import UploadFile
 
 from service.errors import APIError
 from service.inference import Overloaded, Served
 from service.jsonio import loads_strict
 from service.metrics import Metrics
+from service.responses import FastJSONResponse
 from service.runtime import Runtime
 from service.settings import Settings
 
@@ -98,7 +98,7 @@ def timed_response(
     runtime: Runtime,
     metrics: Metrics,
     route: str,
-) -> JSONResponse:
+) -> FastJSONResponse:
     """The JSON response of an inference route: ``body`` + model, exit depth and timing (the
     scheduler learns from it), with the same depth and elapsed time in ``X-Exit-Depth`` /
     ``X-Elapsed-Ms``."""
@@ -110,7 +110,7 @@ def timed_response(
                "timing": timing}  # fmt: skip
     headers = {"X-Exit-Depth": str(served.exit_depth),
                "X-Elapsed-Ms": f"{timing['elapsed_ms']:.3f}"}  # fmt: skip
-    return JSONResponse(content, headers=headers)
+    return FastJSONResponse(content, headers=headers)
 
 
 async def run_batched(coro: Awaitable[T], metrics: Metrics) -> T:

@@ -42,5 +42,5 @@ async def embeddings(
                               exit_depth=params.exit_depth, budget_ms=params.budget_ms),
         metrics,
     )  # fmt: skip
-    body = {"dim": int(served.output.shape[1]), "embeddings": served.output.tolist()}
+    body = {"dim": int(served.output.shape[1]), "embeddings": served.output}  # rows as they are
     return timed_response(request, body, served, runtime, metrics, ROUTE)

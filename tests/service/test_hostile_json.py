@@ -65,8 +65,19 @@ def post_json(c, path: str, text: str):
         ('{"a": "\\ud800"}', "not encodable"),
         ('{"a": "' + "x" * 20_000 + '"}', "the limit is 16384"),
         ('{"a": ' + HUGE + "}", "more than 64 digits"),
+        ('{"a": 18446744073709551616}', "beyond 64 bits"),
     ],
-    ids=["nan", "-inf", "1e999", "deep-900", "deep-17", "lone-surrogate", "20kB", "5000-digits"],
+    ids=[
+        "nan",
+        "-inf",
+        "1e999",
+        "deep-900",
+        "deep-17",
+        "lone-surrogate",
+        "20kB",
+        "5000-digits",
+        "2**64",
+    ],  # fmt: skip
 )
 def test_bad_metadata_is_422_and_search_keeps_working(srv, metadata, why) -> None:
     with srv.client() as c:
