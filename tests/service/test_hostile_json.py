@@ -77,7 +77,7 @@ def post_json(c, path: str, text: str):
         "20kB",
         "5000-digits",
         "2**64",
-    ],  # fmt: skip
+    ],
 )
 def test_bad_metadata_is_422_and_search_keeps_working(srv, metadata, why) -> None:
     with srv.client() as c:
