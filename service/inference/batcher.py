@@ -32,6 +32,7 @@ from service.inference.planner import QueueState
 
 log = logging.getLogger(__name__)
 GROUP_COST = 1.5  # images ride one cohort while a block costs at most this x one image's
+INLINE_MS = 2.0  # a run predicted this short, with nothing else waiting, runs on the loop itself
 
 
 class Overloaded(Exception):
@@ -260,10 +261,15 @@ class Batcher:
     async def _timed(self, key: Hashable, fn: Callable, *args: object) -> tuple[object, float]:
         """Run one graph off the event loop; its result and when it finished."""
         n = len(args[0])  # type: ignore[arg-type]
-        self._inflight = (time.perf_counter(), self.latency.predict(key, n))
+        predicted = self.latency.predict(key, n)
+        self._inflight = (time.perf_counter(), predicted)
         started = time.perf_counter()
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self._executor, fn, key, *args)
+            if predicted <= INLINE_MS and not self.upstream() and not self._total:
+                out = fn(key, *args)  # alone and tiny: two thread hops would cost more
+            else:
+                loop = asyncio.get_running_loop()
+                out = await loop.run_in_executor(self._executor, fn, key, *args)
         finally:
             self._inflight = None
         finished = time.perf_counter()
