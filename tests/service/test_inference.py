@@ -124,7 +124,10 @@ def test_batcher_refuses_past_its_bound_and_survives_a_failing_batch() -> None:
         return np.zeros((len(images), 1), np.float32)
 
     async def scenario():
-        b = Batcher(engine, model(), max_batch=4, max_wait_ms=0, queue_bound=4)
+        m = model()
+        for _ in range(3):  # what this engine costs: a batch runs on the worker's thread
+            m.observe(1, 4, 50.0)
+        b = Batcher(engine, m, max_batch=4, max_wait_ms=0, queue_bound=4)
         b.start()
         first = asyncio.create_task(b.submit(1, np.zeros((4, 1), np.uint8)))
         await asyncio.sleep(0.01)  # running; the queue is empty again
