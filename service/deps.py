@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from pydantic import SecretStr
 
 from service.decoding import DecodePool
 from service.errors import APIError
@@ -61,19 +62,40 @@ async def admit_inference(request: Request) -> AsyncIterator[Admission]:
         admission.close()
 
 
-async def require_api_key(request: Request) -> None:
-    """When ``SDSSL_API_KEY`` is set: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``."""
-    key = request.app.state.settings.api_key
-    if key is None:
-        return
+def _given_key(request: Request) -> str | None:
     given = request.headers.get("x-api-key")
     auth = request.headers.get("authorization", "")
     if given is None and auth.lower().startswith("bearer "):
         given = auth[7:].strip()
-    if not given:
+    return given or None
+
+
+def _matches(given: str, key: SecretStr | None) -> bool:
+    return key is not None and hmac.compare_digest(given.encode(), key.get_secret_value().encode())
+
+
+def _check(request: Request, keys: list[SecretStr | None]) -> None:
+    """Pass when no key is configured, or the request carries one of ``keys``; else 401."""
+    if all(k is None for k in keys):
+        return
+    given = _given_key(request)
+    if given is None:
         raise APIError(401, "unauthorized", "API key required", {"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.encode(), key.get_secret_value().encode()):
+    if not any(_matches(given, k) for k in keys):
         raise APIError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": "Bearer"})
+
+
+async def require_api_key(request: Request) -> None:
+    """Writes and admin routes, when ``SDSSL_API_KEY`` is set: ``Authorization: Bearer <key>``
+    or ``X-API-Key: <key>``."""
+    _check(request, [request.app.state.settings.api_key])
+
+
+async def require_read_key(request: Request) -> None:
+    """Reads (embeddings, search, items), when ``SDSSL_READ_KEY`` is set: it or the admin key."""
+    s = request.app.state.settings
+    if s.read_key is not None:
+        _check(request, [s.read_key, s.api_key])
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
@@ -82,4 +104,5 @@ HolderDep = Annotated[RuntimeHolder, Depends(get_holder)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 AuthDep = Annotated[None, Depends(require_api_key)]
+ReadDep = Annotated[None, Depends(require_read_key)]
 AdmissionDep = Annotated[Admission, Depends(admit_inference)]

@@ -34,7 +34,10 @@ class EmbeddingsOut(BaseModel):
     model: str = Field(description="bundle id (sha256 of its manifest)")
     exit_depth: int
     dim: int
-    embeddings: list[list[float]] = Field(description="L2-normalised, one row per image")
+    encoding: str = Field("json", description="json, base64 (float32 LE) or base64-f16")
+    embeddings: list[list[float]] | list[str] = Field(
+        description="L2-normalised, one row per image: numbers, or base64 per row"
+    )
     timing: TimingOut
 
 
@@ -51,10 +54,27 @@ class SearchOut(BaseModel):
     timing: TimingOut
 
 
+class BatchSearchOut(BaseModel):
+    model: str
+    exit_depth: int
+    results: list[list[Hit]] = Field(description="one list of hits per query, in order")
+    timing: TimingOut
+
+
 class ItemOut(BaseModel):
     id: str
     metadata: Any = None
     created_at: float = Field(description="UNIX time of the last upsert")
+    exit_depth: int | None = Field(None, description="of `vector`, when asked for")
+    encoding: str | None = Field(None, description="of `vector`: json, base64 or base64-f16")
+    vector: list[float] | str | None = Field(None, description="the stored embedding")
+
+
+class ItemPage(BaseModel):
+    model: str
+    items: list[ItemOut]
+    count: int = Field(description="items the filter selects (all without one)")
+    next_cursor: str | None = Field(description="pass as `cursor` for the next page; null: done")
 
 
 class ItemResult(BaseModel):
@@ -109,6 +129,14 @@ class ModelOut(BaseModel):
 class ReloadIn(BaseModel):
     bundle: str = Field(description="path of the bundle directory, as the server sees it",
                         examples=["artifacts/bundles/new"])  # fmt: skip
+
+
+class SnapshotOut(BaseModel):
+    name: str = Field(description="download it from /v1/admin/snapshots/{name}")
+    model: str
+    items: int
+    bytes: int
+    seconds: float
 
 
 class ReloadOut(BaseModel):

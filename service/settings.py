@@ -77,7 +77,14 @@ class Settings(BaseSettings):
         1000, ge=1, description="persist FAISS snapshots after this many item changes"
     )
     api_key: SecretStr | None = Field(
-        None, description="required on mutating routes when set (Bearer or X-API-Key)"
+        None,
+        description="the admin key: required on writes and admin routes when set (Bearer or "
+        "X-API-Key); it also opens every read route",
+    )
+    read_key: SecretStr | None = Field(
+        None,
+        description="when set, embeddings, search and item reads/listing need it (or the admin "
+        "key); health, metrics, /v1/model and the docs stay open",
     )
     cors_origins: list[str] = Field(
         default_factory=list,
@@ -98,7 +105,7 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
 
-    @field_validator("api_key")
+    @field_validator("api_key", "read_key")
     @classmethod
     def _non_empty_key(cls, v: SecretStr | None) -> SecretStr | None:
         if v is not None and not v.get_secret_value():

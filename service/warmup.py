@@ -44,14 +44,18 @@ def _multipart(parts: list[tuple[str, bytes, str | None]]) -> bytes:
 
 
 async def _call(app: Any, method: str, path: str, body: bytes, ctype: str, query: str) -> int:
-    """One request through the ASGI app, as uvicorn would deliver it; its status."""
+    """One request through the ASGI app, as uvicorn would deliver it (with a key when the
+    server wants one); its status."""
+    settings = app.state.settings
+    key = settings.api_key or settings.read_key
+    auth = [(b"authorization", f"Bearer {key.get_secret_value()}".encode())] if key else []
     scope = {
         "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
         "method": method, "scheme": "http", "path": path, "raw_path": path.encode(),
         "query_string": query.encode(), "root_path": "", "client": ("127.0.0.1", 0),
         "server": ("127.0.0.1", 0), "state": {},
         "headers": [(b"host", b"warmup"), (b"content-type", ctype.encode()),
-                    (b"content-length", str(len(body)).encode())],
+                    (b"content-length", str(len(body)).encode()), *auth],
     }  # fmt: skip
     delivered, status = False, {}
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from export.manifest import Manifest
+from service.index.filters import compile_filter
 from service.index.lock import WriterLock, WriterLockHeld
 from service.index.storage import Storage, StorageError, from_os_error, fsync_rename
 from service.index.store import DATABASE, ItemStore
@@ -245,21 +246,48 @@ class ItemIndex:
             return None
         return {"id": row[0], "metadata": loads_stored(row[1]), "created_at": row[2]}
 
-    def count(self) -> int:
+    def count(self, filter: Any = None) -> int:
+        """Items, or those a metadata filter (:mod:`.filters`) selects."""
+        where, params = compile_filter(filter)
         with self._lock:
-            return self.store.count()
+            return self.store.count(where, params)
+
+    def page(
+        self, limit: int, after: int = 0, filter: Any = None
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to ``limit`` items after the cursor ``after`` (a num_id) in insertion order, and
+        the cursor of the next page (None at the end)."""
+        where, params = compile_filter(filter)
+        with self._lock:
+            rows = self.store.page(after, limit + 1, where, params)
+        more = len(rows) > limit and limit > 0
+        rows = rows[:limit]
+        items = [{"id": r[1], "metadata": loads_stored(r[2]), "created_at": r[3]} for r in rows]
+        return items, (rows[-1][0] if more else None)
+
+    def vector(self, item_id: str, exit_depth: int) -> np.ndarray | None:
+        """An item's stored embedding at one exit depth."""
+        with self._lock:
+            vectors = self.store.vector_of(item_id)
+        return None if vectors is None else vectors[exit_depth - 1]
 
     def index_sizes(self) -> dict[int, int]:
         """Vectors per exit depth's FAISS index (equals count() unless some are stale)."""
         with self._lock:
             return self.vectors.sizes()
 
-    def search(self, exit_depth: int, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-k items by cosine for each query row at one exit depth."""
+    def search(
+        self, exit_depth: int, queries: np.ndarray, k: int, filter: Any = None
+    ) -> list[list[Hit]]:
+        """Top-k items by cosine for each query row at one exit depth, among those a metadata
+        filter selects when given."""
+        allowed = None
         with self._lock:
-            if self.vectors.sizes()[exit_depth] == 0:
+            if filter is not None:
+                allowed = self.store.matching(*compile_filter(filter))
+            if self.vectors.sizes()[exit_depth] == 0 or (allowed is not None and not len(allowed)):
                 return [[] for _ in range(len(queries))]
-            scores, nums = self.vectors.search(exit_depth, queries, k)
+            scores, nums = self.vectors.search(exit_depth, queries, k, allowed)
             found = self.store.lookup(sorted({int(n) for n in nums.ravel() if n >= 0}))
         results = []
         for row_scores, row_nums in zip(scores, nums, strict=True):

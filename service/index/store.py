@@ -141,8 +141,31 @@ class ItemStore:
             "SELECT id, metadata, created_at FROM items WHERE id = ?", (item_id,)
         ).fetchone()
 
-    def count(self) -> int:
-        return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+    def count(self, where: str = "1", params: list | None = None) -> int:
+        """Items matching a compiled filter (:mod:`.filters`); all by default."""
+        sql = f"SELECT COUNT(*) FROM items WHERE {where}"
+        return self.db.execute(sql, params or []).fetchone()[0]
+
+    def page(
+        self, after: int, limit: int, where: str = "1", params: list | None = None
+    ) -> list[tuple[int, str, str | None, float]]:
+        """``(num_id, id, metadata, created_at)`` of up to ``limit`` matching items with
+        num_id > ``after``, in num_id order (new items come last: a stable scroll)."""
+        sql = (f"SELECT num_id, id, metadata, created_at FROM items WHERE num_id > ? AND "
+               f"({where}) ORDER BY num_id LIMIT ?")  # fmt: skip
+        return self.db.execute(sql, [after, *(params or []), limit]).fetchall()
+
+    def matching(self, where: str, params: list) -> np.ndarray:
+        """num_ids of the items a compiled filter selects."""
+        rows = self.db.execute(f"SELECT num_id FROM items WHERE {where}", params).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def vector_of(self, item_id: str) -> np.ndarray | None:
+        """``[L, D]``: an item's stored embeddings at every depth."""
+        row = self.db.execute(
+            "SELECT data FROM vectors JOIN items USING (num_id) WHERE id = ?", (item_id,)
+        ).fetchone()
+        return None if row is None else self.decode(row[0])
 
     def num_ids(self) -> set[int]:
         return {r[0] for r in self.db.execute("SELECT num_id FROM items")}

@@ -143,15 +143,28 @@ class VectorIndexes:
         except RuntimeError:
             return None
 
-    def search(self, exit_depth: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, exit_depth: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, num_ids)`` of the best ``k`` plus :attr:`extra_fetch` per query row (-1
-        where fewer exist)."""
-        index = self._search_index(exit_depth)
+        where fewer exist); only among ``allowed`` num_ids when given (searched on the CPU
+        index: exact for Flat, approximate within the filter for HNSW and IVF)."""
+        index = self._search_index(exit_depth) if allowed is None else self.indexes[exit_depth]
         fetch = max(1, min(int(index.ntotal), k + self.extra_fetch))
+        x = np.ascontiguousarray(queries, dtype=np.float32)
         inner = faiss.downcast_index(self.indexes[exit_depth].index)
         if hasattr(inner, "hnsw"):  # HNSW returns fewer than k results when efSearch < k
             inner.hnsw.efSearch = max(inner.hnsw.efSearch, fetch)
-        return index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        if allowed is None:
+            return index.search(x, fetch)
+        selector = faiss.IDSelectorBatch(allowed)
+        if hasattr(inner, "hnsw"):
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, 4 * fetch))
+        elif hasattr(inner, "nprobe"):  # IVF indexes take only their own parameter type
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        return index.search(x, fetch, params=params)
 
     def _search_index(self, d: int) -> Any:
         if self.device != "gpu":

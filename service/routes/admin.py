@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from pathlib import Path
 
 from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
 
 from export.manifest import BundleIntegrityError
-from service.deps import AuthDep, HolderDep, MetricsDep, SettingsDep
+from service import snapshots
+from service.deps import AuthDep, HolderDep, MetricsDep, RuntimeDep, SettingsDep
 from service.errors import APIError, StorageError
 from service.index import IndexMismatch, WriterLockHeld
 from service.runtime import load_runtime, report_device
-from service.schemas import ERRORS, ReloadIn, ReloadOut
+from service.schemas import ERRORS, ReloadIn, ReloadOut, SnapshotOut
 
 router = APIRouter(tags=["admin"])
+SNAPSHOT_NAME = re.compile(r"^[0-9a-f]{12}-\d{8}T\d{6}Z\.tar$")
 log = logging.getLogger(__name__)
 
 
@@ -72,3 +76,35 @@ async def reload(
             "exit_depths": new.exit_depths,
             "items": await asyncio.to_thread(new.index.count),
         }
+
+
+@router.post(
+    "/v1/admin/snapshot",
+    response_model=SnapshotOut,
+    responses=ERRORS,
+    summary="Write a consistent snapshot of the served bundle's items (one tar file)",
+    description="SQLite's `VACUUM INTO` on a connection of its own: writers are not blocked and "
+    "the snapshot holds every item acknowledged before this request. Download it from "
+    "`GET /v1/admin/snapshots/{name}`; restore with `python -m service.restore FILE`.",
+)
+async def snapshot(_: AuthDep, runtime: RuntimeDep, settings: SettingsDep) -> dict:
+    made = await asyncio.to_thread(
+        snapshots.create, runtime.index.root, runtime.bundle_id, settings.data_dir / "snapshots"
+    )
+    return {"name": made.path.name, "model": made.bundle_id, "items": made.items,
+            "bytes": made.bytes, "seconds": round(made.seconds, 3)}  # fmt: skip
+
+
+@router.get(
+    "/v1/admin/snapshots/{name}",
+    responses={**ERRORS, 200: {"content": {"application/x-tar": {}}}},
+    response_class=FileResponse,
+    summary="Download a snapshot",
+)
+async def download_snapshot(_: AuthDep, settings: SettingsDep, name: str) -> FileResponse:
+    if not SNAPSHOT_NAME.match(name):
+        raise APIError(404, "not_found", "no such snapshot")
+    path = settings.data_dir / "snapshots" / name
+    if not path.is_file():
+        raise APIError(404, "not_found", "no such snapshot")
+    return FileResponse(path, media_type="application/x-tar", filename=name)

@@ -10,9 +10,12 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+import numpy as np
 from fastapi import Request
+from fastapi.responses import Response
 from starlette.datastructures import UploadFile
 
+from service.encoding import npy_response
 from service.errors import APIError
 from service.inference import Overloaded, Served
 from service.jsonio import loads_strict
@@ -98,18 +101,24 @@ def timed_response(
     runtime: Runtime,
     metrics: Metrics,
     route: str,
-) -> FastJSONResponse:
-    """The JSON response of an inference route: ``body`` + model, exit depth and timing (the
-    scheduler learns from it), with the same depth and elapsed time in ``X-Exit-Depth`` /
-    ``X-Elapsed-Ms``."""
+    npy: np.ndarray | None = None,
+) -> Response:
+    """The response of an inference route: ``body`` + model, exit depth and timing (the
+    scheduler learns from it), with the depth and elapsed time in ``X-Exit-Depth`` /
+    ``X-Elapsed-Ms`` too — or, given ``npy`` rows, those rows as one .npy body with the rest
+    in headers."""
     timing = runtime.scheduler.answered(served, route=route)
     request.scope["state"]["exit_depth"] = served.exit_depth  # the per-depth latency metric
     if served.budget_ms is not None:
         metrics.budget.labels("met" if timing["budget_met"] else "missed").inc()
-    content = {"model": runtime.bundle_id, "exit_depth": served.exit_depth, **body,
-               "timing": timing}  # fmt: skip
     headers = {"X-Exit-Depth": str(served.exit_depth),
                "X-Elapsed-Ms": f"{timing['elapsed_ms']:.3f}"}  # fmt: skip
+    if npy is not None:
+        headers |= {"X-Model": runtime.bundle_id, "X-Predicted-Ms": str(timing["predicted_ms"]),
+                    "X-Budget-Met": str(timing["budget_met"]).lower()}  # fmt: skip
+        return npy_response(npy, headers)
+    content = {"model": runtime.bundle_id, "exit_depth": served.exit_depth, **body,
+               "timing": timing}  # fmt: skip
     return FastJSONResponse(content, headers=headers)
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
-from service.deps import AdmissionDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
+from service.deps import AdmissionDep, DecoderDep, MetricsDep, ReadDep, RuntimeDep, SettingsDep
+from service.encoding import encode_rows, wants_npy
 from service.routes.common import check_depth, fields, read_payload, run_batched, timed_response
-from service.routes.params import DepthOrBudget, parse, schema
+from service.routes.params import EmbedParams, parse, schema
 from service.schemas import ERRORS, EmbeddingsOut, image_request_body
 
 router = APIRouter(tags=["embeddings"])
@@ -21,19 +22,22 @@ ROUTE = "embeddings"
     summary="Embed images at an exit depth, or at the deepest that fits a latency budget",
     description='Send images as multipart files `images` or JSON `{"images": [base64, ...]}`. '
     "Give `exit_depth` **or** `budget_ms` (query or body field); neither means full depth. "
-    "The response and the headers `X-Exit-Depth` / `X-Elapsed-Ms` say what was done.",
-    openapi_extra=image_request_body("images", True, schema(DepthOrBudget)),
+    "The response and the headers `X-Exit-Depth` / `X-Elapsed-Ms` say what was done. "
+    "`encoding=base64` (float32) or `base64-f16` makes the rows compact; "
+    "`Accept: application/x-npy` answers one .npy file with the timing in headers.",
+    openapi_extra=image_request_body("images", True, schema(EmbedParams)),
 )
 async def embeddings(
     request: Request,
+    _: ReadDep,
     admission: AdmissionDep,
     runtime: RuntimeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     decoder: DecoderDep,
-) -> JSONResponse:
+) -> Response:
     payload = await read_payload(request, settings, "images")
-    params = parse(DepthOrBudget, fields(request, payload))
+    params = parse(EmbedParams, fields(request, payload))
     check_depth(params.exit_depth, runtime)
     images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
     served = await run_batched(
@@ -42,5 +46,8 @@ async def embeddings(
                               exit_depth=params.exit_depth, budget_ms=params.budget_ms),
         metrics,
     )  # fmt: skip
-    body = {"dim": int(served.output.shape[1]), "embeddings": served.output}  # rows as they are
+    if wants_npy(request.headers.get("accept")):
+        return timed_response(request, {}, served, runtime, metrics, ROUTE, npy=served.output)
+    body = {"dim": int(served.output.shape[1]), "encoding": params.encoding,
+            "embeddings": encode_rows(served.output, params.encoding)}  # fmt: skip
     return timed_response(request, body, served, runtime, metrics, ROUTE)

@@ -4,20 +4,31 @@ depth in one pass of the all-exits graph and is durable once answered."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import base64
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 
-from service.deps import AdmissionDep, AuthDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
+from service.deps import (
+    AdmissionDep,
+    AuthDep,
+    DecoderDep,
+    MetricsDep,
+    ReadDep,
+    RuntimeDep,
+    SettingsDep,
+)
+from service.encoding import encode_rows
 from service.errors import APIError
 from service.jsonio import dumps_canonical, loads_field, nesting_depth
 from service.routes.common import read_payload, run_batched
-from service.schemas import ERRORS, DeletedOut, ItemOut, ItemsOut, image_request_body
+from service.schemas import ERRORS, DeletedOut, ItemOut, ItemPage, ItemsOut, image_request_body
 from service.settings import Settings
 
 router = APIRouter(tags=["items"])
 ROUTE = "items"
 MAX_ID = 256
+MAX_PAGE = 1000
 ID_RULE = (
     f"1..{MAX_ID} printable characters, without '/' or '\\', and not '.' or '..' "
     "(URL clients rewrite those)"
@@ -139,12 +150,74 @@ async def add_items(
 
 
 @router.get(
-    "/v1/items/{item_id:path}", response_model=ItemOut, responses=ERRORS, summary="One item"
+    "/v1/items",
+    response_model=ItemPage,
+    responses=ERRORS,
+    summary="List and count items, in insertion order, optionally filtered by metadata",
+    description="`limit` items after `cursor` (from the previous page's `next_cursor`; new "
+    "items come last, so a scroll visits every item once while others are added). `filter` is "
+    'a JSON object on top-level metadata fields: `{"label": "7"}`, `{"label": {"in": '
+    '["1", "7"]}}`, `{"score": {"gte": 0.5, "lt": 2}}`, `{"label": {"ne": "7"}}`. `count` '
+    "is the number of items the filter selects (all items without one).",
 )
-async def get_item(runtime: RuntimeDep, item_id: str = ItemId) -> dict:
+async def list_items(
+    _: ReadDep,
+    runtime: RuntimeDep,
+    limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 100,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    filter: Annotated[str | None, Query(max_length=4096, description="JSON object (URL-encoded)")] = None,
+) -> dict:
+    spec = loads_field(filter, "filter", "invalid_filter") if filter else None
+    after = _cursor(cursor)
+    items, last = await asyncio.to_thread(runtime.index.page, limit, after, spec)
+    count = await asyncio.to_thread(runtime.index.count, spec)
+    return {"model": runtime.bundle_id, "items": items, "count": count,
+            "next_cursor": None if last is None else _encode_cursor(last)}  # fmt: skip
+
+
+def _encode_cursor(num_id: int) -> str:
+    return base64.urlsafe_b64encode(f"n{num_id}".encode()).decode().rstrip("=")
+
+
+def _cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if text.startswith("n") and text[1:].isdigit():
+            return int(text[1:])
+    except (ValueError, UnicodeDecodeError):
+        pass
+    raise APIError(422, "invalid_cursor", "cursor is not one this server gave out")
+
+
+@router.get(
+    "/v1/items/{item_id:path}",
+    response_model=ItemOut,
+    responses=ERRORS,
+    summary="One item (with its stored embedding at an exit depth, if asked)",
+)
+async def get_item(
+    _: ReadDep,
+    runtime: RuntimeDep,
+    item_id: str = ItemId,
+    exit_depth: Annotated[
+        int | None, Query(ge=1, description="include the stored embedding at this depth")
+    ] = None,
+    encoding: Annotated[Literal["json", "base64", "base64-f16"], Query()] = "json",
+) -> dict:
     item = await asyncio.to_thread(runtime.index.get, item_id)
     if item is None:
         raise APIError(404, "not_found", f"no item {item_id!r}")
+    if exit_depth is not None:
+        if exit_depth > runtime.manifest.model.depth:
+            raise APIError(
+                422, "unknown_exit_depth", f"exit_depth is 1..{runtime.manifest.model.depth}"
+            )
+        vector = await asyncio.to_thread(runtime.index.vector, item_id, exit_depth)
+        if vector is not None:
+            item |= {"exit_depth": exit_depth, "encoding": encoding,
+                     "vector": encode_rows(vector[None], encoding)[0]}  # fmt: skip
     return item
 
 

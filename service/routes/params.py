@@ -4,7 +4,7 @@ OpenAPI schema of those fields."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -43,12 +43,26 @@ class DepthOrBudget(BaseModel):
         return self
 
 
+class EmbedParams(DepthOrBudget):
+    encoding: Literal["json", "base64", "base64-f16"] = Field(
+        "json",
+        description="embeddings as JSON lists, or one base64 string per row of little-endian "
+        "float32 (exact) or float16; or send Accept: application/x-npy for one .npy body",
+    )
+
+
 class SearchParams(DepthOrBudget):
     k: Int = Field(10, ge=1, le=1000, description="how many neighbours")
+    filter: Any = Field(
+        None,
+        description='only items whose metadata matches: {"label": "7"}, {"label": {"in": '
+        '["1", "7"]}}, {"score": {"gte": 0.5}} (JSON text in multipart or the query)',
+        json_schema_extra={"type": "object"},
+    )
     vector: Any = Field(
         None,
-        description="instead of an image: an embedding (a JSON list of numbers) with the "
-        "exit_depth it came from",
+        description="instead of an image: an embedding with the exit_depth it came from — a "
+        "JSON list of numbers, or base64 of little-endian float32 (or float16) values",
         json_schema_extra={"type": "array", "items": {"type": "number"}},
     )
 
@@ -73,3 +87,14 @@ def parse(model: type[BaseModel], fields: dict[str, Any]) -> Any:
 def schema(model: type[BaseModel]) -> dict[str, Any]:
     """The fields' OpenAPI schema (properties), for the routes' request bodies."""
     return model.model_json_schema()["properties"]
+
+
+class BatchSearchParams(DepthOrBudget):
+    k: Int = Field(10, ge=1, le=1000, description="how many neighbours per query")
+    filter: Any = Field(None, description="as for /v1/search", json_schema_extra={"type": "object"})
+    vectors: Any = Field(
+        None,
+        description="instead of images: embeddings (JSON lists or base64 float32/float16) with "
+        "the exit_depth they came from",
+        json_schema_extra={"type": "array", "items": {}},
+    )

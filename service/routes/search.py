@@ -7,21 +7,29 @@ import math
 
 import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
-from service.deps import AdmissionDep, DecoderDep, MetricsDep, RuntimeDep, SettingsDep
+from service.decoding import DecodePool
+from service.deps import AdmissionDep, DecoderDep, MetricsDep, ReadDep, RuntimeDep, SettingsDep
+from service.encoding import decode_vector
 from service.errors import APIError
+from service.inference import Admission, Served
 from service.jsonio import loads_field
+from service.metrics import Metrics
 from service.routes.common import check_depth, fields, read_payload, run_batched, timed_response
-from service.routes.params import SearchParams, parse, schema
-from service.schemas import ERRORS, SearchOut, image_request_body
+from service.routes.params import BatchSearchParams, SearchParams, parse, schema
+from service.runtime import Runtime
+from service.schemas import ERRORS, BatchSearchOut, SearchOut, image_request_body
 
 router = APIRouter(tags=["search"])
 ROUTE = "search"
 
 
 def _vector(raw, dim: int) -> np.ndarray:
-    if isinstance(raw, str):  # multipart: a JSON list in a text field
+    decoded = decode_vector(raw, dim)  # base64 float32/float16
+    if decoded is not None:
+        raw = decoded.tolist()
+    elif isinstance(raw, str):  # multipart: a JSON list in a text field
         raw = loads_field(raw, "vector", "invalid_vector")
     if not isinstance(raw, list) or not all(
         isinstance(v, int | float) and not isinstance(v, bool) for v in raw
@@ -47,42 +55,101 @@ def _vector(raw, dim: int) -> np.ndarray:
     responses=ERRORS,
     summary="Find the k nearest items to an image or a vector",
     description="One image (multipart `image` or JSON base64 `image`) embedded at `exit_depth` "
-    "or within `budget_ms`; or a `vector` with its `exit_depth`. Scores are cosine similarity.",
+    "or within `budget_ms`; or a `vector` with its `exit_depth`. Scores are cosine similarity; "
+    "`filter` restricts the candidates by metadata (exact under the filter for Flat indexes).",
     openapi_extra=image_request_body("image", False, schema(SearchParams)),
 )
 async def search(
     request: Request,
+    _: ReadDep,
     admission: AdmissionDep,
     runtime: RuntimeDep,
     settings: SettingsDep,
     metrics: MetricsDep,
     decoder: DecoderDep,
-) -> JSONResponse:
+) -> Response:
     payload = await read_payload(request, settings, "image")
     params = parse(SearchParams, fields(request, payload))
+    vectors = None if params.vector is None else [params.vector]
+    if vectors is None and len(payload.images) != 1:
+        raise APIError(422, "invalid_request", "send exactly one image (or a vector)")
+    served, results = await _search(request, payload.images, vectors, params, admission,
+                                    runtime, metrics, decoder)  # fmt: skip
+    route = ROUTE if served.ran is not None else f"{ROUTE}:vector"
+    return timed_response(request, {"results": results[0]}, served, runtime, metrics, route)
+
+
+@router.post(
+    "/v1/search/batch",
+    response_model=BatchSearchOut,
+    responses=ERRORS,
+    summary="Many searches in one request: images or vectors, one budget for all",
+    description="Images (multipart files `images` or JSON base64 `images`) embedded together at "
+    "one exit depth chosen by `exit_depth` or `budget_ms` for the whole request; or `vectors` "
+    "(JSON lists or base64 strings) with their `exit_depth`. `results[i]` answers query i, the "
+    "same as `/v1/search` would; `k` and `filter` apply to every query.",
+    openapi_extra=image_request_body("images", True, schema(BatchSearchParams)),
+)
+async def search_batch(
+    request: Request,
+    _: ReadDep,
+    admission: AdmissionDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    decoder: DecoderDep,
+) -> Response:
+    payload = await read_payload(request, settings, "images")
+    params = parse(BatchSearchParams, fields(request, payload))
+    vectors = params.vectors
+    if isinstance(vectors, str):  # multipart or query: a JSON list of vectors
+        vectors = loads_field(vectors, "vectors", "invalid_vector")
+    if vectors is not None and (not isinstance(vectors, list) or not vectors):
+        raise APIError(422, "invalid_vector", "vectors must be a non-empty list")
+    if vectors is not None and len(vectors) > settings.max_images:
+        raise APIError(413, "too_many_queries", f"at most {settings.max_images} queries")
+    served, results = await _search(request, payload.images, vectors, params, admission,
+                                    runtime, metrics, decoder)  # fmt: skip
+    route = f"{ROUTE}:batch" if served.ran is not None else f"{ROUTE}:vector"
+    return timed_response(request, {"results": results}, served, runtime, metrics, route)
+
+
+async def _search(
+    request: Request,
+    images: list[bytes],
+    vectors: list | None,
+    params: SearchParams | BatchSearchParams,
+    admission: Admission,
+    runtime: Runtime,
+    metrics: Metrics,
+    decoder: DecodePool,
+) -> tuple[Served, list[list[dict]]]:
+    """Embed the images (or take the vectors) and search each at one exit depth."""
     check_depth(params.exit_depth, runtime)
     arrival = request.scope["state"]["arrival"]
-    if params.vector is not None:
-        if payload.images:
-            raise APIError(422, "invalid_request", "send an image or a vector, not both")
+    if vectors is not None:
+        if images:
+            raise APIError(422, "invalid_request", "send images or vectors, not both")
         if params.exit_depth is None:
             raise APIError(422, "invalid_request", "a vector needs the exit_depth it came from")
-        query = _vector(params.vector, runtime.manifest.model.dim)
+        dim = runtime.manifest.model.dim
+        query = np.concatenate([_vector(v, dim) for v in vectors])
         served = runtime.scheduler.without_compute(
             admission=admission, route=f"{ROUTE}:vector", arrival=arrival,
             exit_depth=params.exit_depth,
         )  # fmt: skip
     else:
-        if len(payload.images) != 1:
-            raise APIError(422, "invalid_request", "send exactly one image (or a vector)")
-        images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
+        prepared = await decoder.prepare(images, runtime.manifest.preprocess)
         served = await run_batched(
-            runtime.scheduler.run(images, admission=admission, route=ROUTE, arrival=arrival,
+            runtime.scheduler.run(prepared, admission=admission, route=ROUTE, arrival=arrival,
                                   exit_depth=params.exit_depth, budget_ms=params.budget_ms),
             metrics,
         )  # fmt: skip
         query = served.output
-    hits = (await asyncio.to_thread(runtime.index.search, served.exit_depth, query, params.k))[0]
-    results = [{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
-    route = ROUTE if served.ran is not None else f"{ROUTE}:vector"
-    return timed_response(request, {"results": results}, served, runtime, metrics, route)
+    spec = params.filter
+    if isinstance(spec, str):  # multipart or query: JSON text
+        spec = loads_field(spec, "filter", "invalid_filter")
+    found = await asyncio.to_thread(runtime.index.search, served.exit_depth, query, params.k, spec)
+    results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
+               for hits in found]  # fmt: skip
+    return served, results
