@@ -44,6 +44,8 @@ def main() -> None:
         ("Retrieval at scale",
          ["bench.retrieval", "--sizes", "100000" if args.quick else "100000,1000000"]),
         ("Server memory with 100k items", ["bench.memory"]),
+        ("Index lifecycle: rollout and snapshots",
+         ["bench.collection", "--snapshot-items", "20000" if args.quick else "100000"]),
     ]  # fmt: skip
     lines = [f"# Benchmarks, {day}", "", f"Machine: {machine()} (no GPU); `make bench`", ""]
     for title, cmd in jobs:

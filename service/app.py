@@ -17,6 +17,7 @@ from service.error_handlers import install_handlers
 from service.errors import Refusal
 from service.metrics import Metrics
 from service.middleware import IntakeMiddleware
+from service.rollout import Rollouts, bundle_to_serve
 from service.routes import admin, embeddings, health, items, model, search
 from service.runtime import RuntimeHolder, load_runtime, report_device
 from service.settings import Settings
@@ -41,7 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
             try:
-                runtime = await load_runtime(settings, settings.bundle, app.state.metrics)
+                bundle = await asyncio.to_thread(bundle_to_serve, settings)
+                runtime = await load_runtime(settings, bundle, app.state.metrics)
+                # A rollout a previous process left running loads its bundle before the first
+                # request, so that every write from then on is mirrored to it.
+                await app.state.rollouts.resume(runtime)
                 app.state.holder.current = runtime  # /readyz stays 503 while warming
                 await warm_request_paths(app, runtime)
                 report_device(runtime, app.state.metrics)
@@ -58,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         loader = asyncio.get_running_loop().create_task(load())
         yield
         loader.cancel()
+        await app.state.rollouts.close()
         for task in list(app.state.background):
             await task
         runtime = app.state.holder.current
@@ -80,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stop_serving = lambda: os.kill(os.getpid(), signal.SIGTERM)  # main() sets its own
     app.state.background = set()
     app.state.decoder = DecodePool(settings, app.state.metrics)
+    app.state.rollouts = Rollouts(
+        settings, app.state.metrics, app.state.holder, app.state.background
+    )
     install_handlers(app)
     for router in (embeddings, search, items, model, admin, health):
         app.include_router(router.router)

@@ -22,7 +22,7 @@ import numpy as np
 
 from export.manifest import Preprocess
 from service.errors import APIError
-from service.images import pixels, prepare
+from service.images import pixels, prepare, prepare_kept
 from service.metrics import Metrics
 from service.settings import Settings
 
@@ -47,6 +47,14 @@ class DecodePool:
     async def prepare(self, images: list[bytes], preprocess: Preprocess) -> np.ndarray:
         """Every image decoded, resized and cropped: uint8 ``[N, S, S, 3]``. 413 over the
         request's pixel budget, 503 when the pool has enough work queued."""
+        rows, _ = await self.prepare_kept(images, preprocess, None)
+        return rows
+
+    async def prepare_kept(
+        self, images: list[bytes], preprocess: Preprocess, keep_side: int | None
+    ) -> tuple[np.ndarray, list[bytes] | None]:
+        """As :meth:`prepare`, and with ``keep_side`` each image's kept copy
+        (:func:`~service.images.canonical_png`) from the same decode."""
         s = self.settings
         if not images:
             raise APIError(422, "no_images", "send at least one image")
@@ -63,16 +71,17 @@ class DecodePool:
                 f"{s.max_request_pixels} (send fewer or smaller images)",
             )
 
-        def work() -> np.ndarray:
+        def work() -> tuple[np.ndarray, list[bytes] | None]:
             started = time.perf_counter()
-            rows = [
-                _numbered(_prepare, i, len(images), data, preprocess, s.max_pixels)
+            done = [
+                _numbered(_prepare, i, len(images), data, preprocess, s.max_pixels, keep_side)
                 for i, data in enumerate(images)
             ]
             seconds = time.perf_counter() - started
             if seconds > 0:  # the decode rate behind Retry-After
                 self._rate = 0.8 * self._rate + 0.2 * total / seconds
-            return np.stack(rows)
+            kept = None if keep_side is None else [k for _, k in done]
+            return np.stack([row for row, _ in done]), kept
 
         if total <= INLINE_PIXELS:
             return work()
@@ -97,8 +106,12 @@ class DecodePool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _prepare(data: bytes, p: Preprocess, max_pixels: int) -> np.ndarray:
-    return prepare(data, p.resize, p.crop, p.interpolation, max_pixels)
+def _prepare(
+    data: bytes, p: Preprocess, max_pixels: int, keep_side: int | None
+) -> tuple[np.ndarray, bytes | None]:
+    if keep_side is None:
+        return prepare(data, p.resize, p.crop, p.interpolation, max_pixels), None
+    return prepare_kept(data, p.resize, p.crop, p.interpolation, max_pixels, keep_side)
 
 
 def _numbered(fn: Callable[..., T], i: int, n: int, *args: Any) -> T:

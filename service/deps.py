@@ -17,6 +17,7 @@ from service.decoding import DecodePool
 from service.errors import APIError
 from service.inference import Admission
 from service.metrics import Metrics
+from service.rollout import Rollouts
 from service.runtime import Runtime, RuntimeHolder
 from service.settings import Settings
 
@@ -35,6 +36,10 @@ async def get_decoder(request: Request) -> DecodePool:
 
 async def get_holder(request: Request) -> RuntimeHolder:
     return request.app.state.holder
+
+
+async def get_rollouts(request: Request) -> Rollouts:
+    return request.app.state.rollouts
 
 
 async def get_runtime(request: Request) -> AsyncIterator[Runtime]:
@@ -101,6 +106,7 @@ async def require_read_key(request: Request) -> None:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 HolderDep = Annotated[RuntimeHolder, Depends(get_holder)]
+RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 AuthDep = Annotated[None, Depends(require_api_key)]

@@ -119,3 +119,25 @@ def resize_center_crop(
 def prepare(data: bytes, resize: int, crop: int, interpolation: str, max_pixels: int) -> np.ndarray:
     """Bytes of one image → the graphs' uint8 input row ``[S, S, 3]``."""
     return resize_center_crop(decode(data, max_pixels), resize, crop, interpolation, max_pixels)
+
+
+def canonical_png(img: Image.Image, side: int) -> bytes:
+    """The kept input of an item: the upright RGB image with its shorter side at most ``side``
+    (never enlarged), as a fast lossless PNG — what a later bundle re-embeds from."""
+    w, h = img.size
+    scale = side / min(w, h)
+    if scale < 1:
+        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                         Image.Resampling.BICUBIC)  # fmt: skip
+    out = io.BytesIO()
+    img.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def prepare_kept(
+    data: bytes, resize: int, crop: int, interpolation: str, max_pixels: int, side: int
+) -> tuple[np.ndarray, bytes]:
+    """One decode → the input row (as :func:`prepare`) and the kept copy (:func:`canonical_png`)."""
+    img = decode(data, max_pixels)
+    row = resize_center_crop(img, resize, crop, interpolation, max_pixels)
+    return row, canonical_png(img, side)

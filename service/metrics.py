@@ -45,6 +45,20 @@ class Metrics:
             registry=r,
         )
         self.overloaded = Counter("sdssl_overloaded", "Requests refused with 503", registry=r)
+        self.rollout_items = Counter(
+            "sdssl_rollout_items",
+            "Items a rollout wrote into the new bundle's index: copied (re-embedded by the job), "
+            "mirrored (client writes during the job), skipped (changed meanwhile), missing (no "
+            "kept input)",
+            ["outcome"],
+            registry=r,
+        )
+        self.rollout_progress = Gauge(
+            "sdssl_rollout_progress", "Fraction of items the running rollout has done", registry=r
+        )
+        self.rollout_failures = Counter(
+            "sdssl_rollout_failures", "Rollouts that failed", registry=r
+        )
         self.reloads = Counter(
             "sdssl_reloads", "Bundle reloads by outcome", ["outcome"], registry=r
         )

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,8 @@ class Runtime:
     scheduler: Scheduler
     index: ItemIndex
     active: int = 0  # requests pinned to this runtime (closing waits for them)
+    mirror: Any = None  # the rollout (service.rollout) its writes are mirrored to, if any
+    write_lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # held by every index write
     loaded_at: float = field(default_factory=time.time)
 
     @property

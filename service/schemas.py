@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ErrorDetail(BaseModel):
@@ -30,7 +30,25 @@ class TimingOut(BaseModel):
     )
 
 
+TIMING_EXAMPLE = {"budget_ms": 20.0, "predicted_ms": 4.1, "elapsed_ms": 5.3, "budget_met": True,
+                  "batch_size": 3}  # fmt: skip
+
+
 class EmbeddingsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "9d2f…",
+                    "exit_depth": 6,
+                    "dim": 128,
+                    "encoding": "json",
+                    "embeddings": [[0.031, -0.12, 0.088]],
+                    "timing": TIMING_EXAMPLE,
+                }
+            ]
+        }
+    )
     model: str = Field(description="bundle id (sha256 of its manifest)")
     exit_depth: int
     dim: int
@@ -48,6 +66,18 @@ class Hit(BaseModel):
 
 
 class SearchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "9d2f…",
+                    "exit_depth": 6,
+                    "results": [{"id": "cat-1", "score": 0.93, "metadata": {"label": "cat"}}],
+                    "timing": TIMING_EXAMPLE,
+                }
+            ]
+        }
+    )
     model: str
     exit_depth: int
     results: list[Hit]
@@ -55,6 +85,21 @@ class SearchOut(BaseModel):
 
 
 class BatchSearchOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "9d2f…",
+                    "exit_depth": 6,
+                    "results": [
+                        [{"id": "cat-1", "score": 0.93, "metadata": {"label": "cat"}}],
+                        [{"id": "dog-4", "score": 0.88, "metadata": None}],
+                    ],
+                    "timing": TIMING_EXAMPLE,
+                }
+            ]
+        }
+    )
     model: str
     exit_depth: int
     results: list[list[Hit]] = Field(description="one list of hits per query, in order")
@@ -62,6 +107,20 @@ class BatchSearchOut(BaseModel):
 
 
 class ItemOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "cat-1",
+                    "metadata": {"label": "cat"},
+                    "created_at": 1796190000.5,
+                    "exit_depth": 6,
+                    "encoding": "base64",
+                    "vector": "AACAPwAAAAA…",
+                }
+            ]
+        }
+    )
     id: str
     metadata: Any = None
     created_at: float = Field(description="UNIX time of the last upsert")
@@ -71,6 +130,20 @@ class ItemOut(BaseModel):
 
 
 class ItemPage(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "9d2f…",
+                    "count": 5000,
+                    "next_cursor": "bjEwMA",
+                    "items": [
+                        {"id": "cat-1", "metadata": {"label": "cat"}, "created_at": 1796190000.5}
+                    ],
+                }
+            ]
+        }
+    )
     model: str
     items: list[ItemOut]
     count: int = Field(description="items the filter selects (all without one)")
@@ -83,12 +156,20 @@ class ItemResult(BaseModel):
 
 
 class ItemsOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "9d2f…", "items": [{"id": "cat-1", "replaced": False}], "count": 5001}
+            ]
+        }
+    )
     model: str
     items: list[ItemResult]
     count: int = Field(description="items in the index after this request")
 
 
 class DeletedOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"id": "cat-1", "deleted": True}]})
     id: str
     deleted: bool = True
 
@@ -132,6 +213,19 @@ class ReloadIn(BaseModel):
 
 
 class SnapshotOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "9d2f0c1e7a3b-20261202T061500Z.tar",
+                    "model": "9d2f…",
+                    "items": 100000,
+                    "bytes": 641728512,
+                    "seconds": 4.2,
+                }
+            ]
+        }
+    )
     name: str = Field(description="download it from /v1/admin/snapshots/{name}")
     model: str
     items: int
@@ -139,7 +233,66 @@ class SnapshotOut(BaseModel):
     seconds: float
 
 
+class RolloutIn(BaseModel):
+    bundle: str = Field(description="path of the new bundle directory, as the server sees it",
+                        examples=["artifacts/bundles/new"])  # fmt: skip
+    swap: bool = Field(
+        True,
+        description="serve the new bundle as soon as its indexes are complete; false: wait "
+        "(writes stay mirrored) for POST /v1/admin/jobs/{id}/swap",
+    )
+    batch: int = Field(64, ge=1, le=1024, description="items re-embedded per step")
+    pause_ms: float = Field(
+        0.0, ge=0, le=60_000, description="pause between steps, to leave the CPU to requests"
+    )
+
+
+class JobOut(BaseModel):
+    id: str = Field(examples=["3f9c0a1b2d4e5f60"])
+    kind: str = Field(examples=["rollout"])
+    state: str = Field(
+        description="loading (the new bundle warms up), copying, ready (complete; writes are "
+        "mirrored until the swap), swapped, failed, cancelled",
+        examples=["copying"],
+    )
+    bundle: str = Field(description="the new bundle's path")
+    source: str = Field(description="the bundle id serving when the job began")
+    target: str | None = Field(description="the new bundle's id (null while loading)")
+    swap: bool
+    batch: int
+    pause_ms: float
+    cursor: int = Field(description="the last item (insertion number) re-embedded")
+    done: int = Field(description="items the job has visited", examples=[1200])
+    total: int = Field(description="items to visit, as last counted", examples=[5000])
+    progress: float = Field(description="done / total", examples=[0.24])
+    items_per_s: float | None = Field(description="re-embedding rate so far")
+    copied: int = Field(description="items re-embedded from their kept input")
+    mirrored: int = Field(description="client writes made during the job, written to both")
+    skipped: int = Field(description="items changed or deleted while the job read them")
+    removed: int = Field(description="items only the new index held (an earlier attempt's)")
+    missing: list[str] = Field(
+        description="ids without a kept input: re-upload them (the first 1000)"
+    )
+    missing_count: int
+    seconds: float
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+class JobsOut(BaseModel):
+    jobs: list[JobOut] = Field(description="newest first")
+
+
 class ReloadOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"model": "9d2f…", "previous": "41ab…", "exit_depths": [1, 2, 3, 4], "items": 5000}
+            ]
+        }
+    )
     model: str
     previous: str | None
     exit_depths: list[int]

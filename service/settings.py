@@ -76,6 +76,15 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(
         1000, ge=1, description="persist FAISS snapshots after this many item changes"
     )
+    keep_inputs: bool = Field(
+        True,
+        description="keep a copy of each added image (lossless PNG, shorter side at most "
+        "keep_input_side) so a rollout can re-embed it with a new bundle; off: items added "
+        "meanwhile need re-upload after a rollout",
+    )
+    keep_input_side: int = Field(
+        256, ge=8, le=8192, description="shorter side of kept inputs, in pixels (never enlarged)"
+    )
     api_key: SecretStr | None = Field(
         None,
         description="the admin key: required on writes and admin routes when set (Bearer or "

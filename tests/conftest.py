@@ -40,3 +40,22 @@ def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_bundle(tiny_checkpoint, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_b(tmp_path_factory) -> Path:
+    """A second real bundle of the same shape (another seed, other weights): the bundle a
+    rollout moves to."""
+    import torch
+
+    from export.bundle import export_bundle
+    from training.config import load_config
+    from training.loop import train
+
+    torch.set_num_threads(1)
+    cfg = load_config(TINY_CONFIG, ["train.method=mocov3", "train.max_steps=6", "train.seed=1"])
+    ckpt = tmp_path_factory.mktemp("tiny-b") / "ckpt"
+    train(cfg, ckpt)
+    out = tmp_path_factory.mktemp("bundles-b") / "tiny-b"
+    export_bundle(ckpt, out, progress=False)
+    return out

@@ -214,14 +214,22 @@ class ItemIndex:
         return result
 
     # ---- public API ----------------------------------------------------------------------------
-    def upsert(self, ids: list[str], metadata: list[Any], vectors: np.ndarray) -> list[bool]:
-        """Add or replace items (``vectors [N, L, D]``); durable when this returns.
-        Returns, per item, whether it replaced an existing one."""
+    def upsert(
+        self,
+        ids: list[str],
+        metadata: list[Any],
+        vectors: np.ndarray,
+        inputs: list[bytes | None] | None = None,
+    ) -> list[bool]:
+        """Add or replace items (``vectors [N, L, D]``, optionally each one's kept input PNG);
+        durable when this returns. Returns, per item, whether it replaced an existing one."""
         if vectors.shape != (len(ids), self.depth, self.dim):
             raise ValueError(f"vectors shape {vectors.shape} != {(len(ids), self.depth, self.dim)}")
         texts = [dumps_canonical(m) for m in metadata]
         with self._lock:
-            change = self._write("add items", lambda: self.store.upsert(ids, texts, vectors))
+            change = self._write(
+                "add items", lambda: self.store.upsert(ids, texts, vectors, inputs)
+            )
             # Committed: now the derived indexes (a crash here is repaired by the log replay).
             if change.removed:
                 self.vectors.remove(np.array(change.removed, dtype=np.int64))
@@ -264,6 +272,35 @@ class ItemIndex:
         rows = rows[:limit]
         items = [{"id": r[1], "metadata": loads_stored(r[2]), "created_at": r[3]} for r in rows]
         return items, (rows[-1][0] if more else None)
+
+    def with_inputs(
+        self, after: int, limit: int, upto: int
+    ) -> list[tuple[int, str, Any, bytes | None]]:
+        """``(num_id, id, metadata, kept PNG or None)`` of up to ``limit`` items with ``after``
+        < num_id <= ``upto``, in insertion order (what a rollout re-embeds)."""
+        with self._lock:
+            rows = self.store.with_inputs(after, limit, upto)
+        return [(n, i, loads_stored(m), png) for n, i, m, png in rows]
+
+    def count_after(self, after: int, upto: int) -> int:
+        """Items with ``after`` < num_id <= ``upto`` (what a rollout has left)."""
+        with self._lock:
+            return self.store.count_after(after, upto)
+
+    def last_num_id(self) -> int:
+        """The newest item's insertion number (0 when empty)."""
+        with self._lock:
+            return self.store.last_num_id()
+
+    def versions(self, ids: list[str]) -> dict[str, int]:
+        """id → the num_id of its current version, for those that exist (a replaced item gets
+        a new num_id, so an unchanged num_id means an unchanged item)."""
+        with self._lock:
+            return self.store.num_ids_of(ids)
+
+    def ids(self) -> set[str]:
+        with self._lock:
+            return self.store.ids()
 
     def vector(self, item_id: str, exit_depth: int) -> np.ndarray | None:
         """An item's stored embedding at one exit depth."""

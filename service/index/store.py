@@ -1,5 +1,6 @@
 """SQLite, the durable truth of a bundle's items: ids, metadata, embeddings at every exit depth,
-and a change log that the FAISS snapshots are tagged against.
+each item's kept input (a canonical PNG a later bundle re-embeds from, when kept), and a change
+log that the FAISS snapshots are tagged against.
 
 WAL journal, ``synchronous=FULL``; every mutation is one ``BEGIN IMMEDIATE`` transaction,
 committed before a request is acknowledged. Numeric ids (FAISS's ids) are never reused, so a
@@ -25,6 +26,7 @@ CREATE TABLE IF NOT EXISTS items (
     created_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS vectors (num_id INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS inputs (num_id INTEGER PRIMARY KEY, png BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, num_id INTEGER NOT NULL
 );
@@ -79,15 +81,23 @@ class ItemStore:
             raise IndexMismatch("this index folder holds another model shape")
 
     # ---- writes --------------------------------------------------------------------------------
-    def upsert(self, ids: list[str], metadata: list[str], vectors: np.ndarray) -> Change:
-        """Insert or replace rows in one transaction; ``metadata`` is canonical JSON text."""
+    def upsert(
+        self,
+        ids: list[str],
+        metadata: list[str],
+        vectors: np.ndarray,
+        inputs: list[bytes | None] | None = None,
+    ) -> Change:
+        """Insert or replace rows in one transaction; ``metadata`` is canonical JSON text,
+        ``inputs`` the kept PNGs (None: none kept)."""
         now = time.time()
+        inputs = inputs if inputs is not None else [None] * len(ids)
         removed, added, replaced = [], [], []
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT value FROM meta WHERE key='next_num_id'").fetchone()
             next_id = int(row[0]) if row else 1
-            for item_id, meta, vec in zip(ids, metadata, vectors, strict=True):
+            for item_id, meta, vec, png in zip(ids, metadata, vectors, inputs, strict=True):
                 old = self.db.execute(
                     "SELECT num_id FROM items WHERE id = ?", (item_id,)
                 ).fetchone()
@@ -101,6 +111,8 @@ class ItemStore:
                     "INSERT INTO vectors VALUES (?, ?)",
                     (next_id, np.ascontiguousarray(vec, dtype=np.float32).tobytes()),
                 )
+                if png is not None:
+                    self.db.execute("INSERT INTO inputs VALUES (?, ?)", (next_id, png))
                 self.db.execute("INSERT INTO log (op, num_id) VALUES ('add', ?)", (next_id,))
                 added.append(next_id)
                 replaced.append(old is not None)
@@ -123,6 +135,7 @@ class ItemStore:
     def _delete_rows(self, num_id: int) -> None:
         self.db.execute("DELETE FROM items WHERE num_id = ?", (num_id,))
         self.db.execute("DELETE FROM vectors WHERE num_id = ?", (num_id,))
+        self.db.execute("DELETE FROM inputs WHERE num_id = ?", (num_id,))
         self.db.execute("INSERT INTO log (op, num_id) VALUES ('del', ?)", (num_id,))
 
     def mark_snapshot(self, seq: int) -> None:
@@ -166,6 +179,39 @@ class ItemStore:
             "SELECT data FROM vectors JOIN items USING (num_id) WHERE id = ?", (item_id,)
         ).fetchone()
         return None if row is None else self.decode(row[0])
+
+    def with_inputs(
+        self, after: int, limit: int, upto: int
+    ) -> list[tuple[int, str, str | None, bytes | None]]:
+        """``(num_id, id, metadata, kept PNG or None)`` of up to ``limit`` items with ``after``
+        < num_id <= ``upto``, in num_id order: what a rollout re-embeds."""
+        return self.db.execute(
+            "SELECT num_id, id, metadata, png FROM items LEFT JOIN inputs USING (num_id) "
+            "WHERE num_id > ? AND num_id <= ? ORDER BY num_id LIMIT ?",
+            (after, upto, limit),
+        ).fetchall()
+
+    def count_after(self, after: int, upto: int) -> int:
+        sql = "SELECT COUNT(*) FROM items WHERE num_id > ? AND num_id <= ?"
+        return self.db.execute(sql, (after, upto)).fetchone()[0]
+
+    def last_num_id(self) -> int:
+        """The newest item's num_id (0 when empty)."""
+        return self.db.execute("SELECT COALESCE(MAX(num_id), 0) FROM items").fetchone()[0]
+
+    def num_ids_of(self, ids: list[str]) -> dict[str, int]:
+        """id → num_id (the item's current version) of those that exist."""
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), SQL_PARAMS):
+            part = ids[start : start + SQL_PARAMS]
+            marks = ",".join("?" * len(part))
+            found.update(
+                self.db.execute(f"SELECT id, num_id FROM items WHERE id IN ({marks})", part)
+            )
+        return found
+
+    def ids(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT id FROM items")}
 
     def num_ids(self) -> set[int]:
         return {r[0] for r in self.db.execute("SELECT num_id FROM items")}

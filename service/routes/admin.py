@@ -1,4 +1,5 @@
-"""POST /v1/admin/reload: load a new bundle beside the old one and swap atomically."""
+"""Admin routes: reload (load a bundle beside the served one and swap), rollout jobs (a new
+bundle's indexes built from the kept inputs, then swapped), and snapshots."""
 
 from __future__ import annotations
 
@@ -8,15 +9,26 @@ import re
 from pathlib import Path
 
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from export.manifest import BundleIntegrityError
+from export.manifest import BundleIntegrityError, load_verified
 from service import snapshots
-from service.deps import AuthDep, HolderDep, MetricsDep, RuntimeDep, SettingsDep
+from service.deps import AuthDep, HolderDep, MetricsDep, RolloutsDep, RuntimeDep, SettingsDep
 from service.errors import APIError, StorageError
 from service.index import IndexMismatch, WriterLockHeld
+from service.jobs import JOB_ID
+from service.rollout import Rollout, RolloutError, Rollouts
 from service.runtime import load_runtime, report_device
-from service.schemas import ERRORS, ReloadIn, ReloadOut, SnapshotOut
+from service.schemas import (
+    ERRORS,
+    JobOut,
+    JobsOut,
+    ReloadIn,
+    ReloadOut,
+    RolloutIn,
+    SnapshotOut,
+)
 
 router = APIRouter(tags=["admin"])
 SNAPSHOT_NAME = re.compile(r"^[0-9a-f]{12}-\d{8}T\d{6}Z\.tar$")
@@ -49,6 +61,8 @@ async def reload(
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> dict:
+    if request.app.state.rollouts.active is not None:
+        raise APIError(409, "rollout_running", "a rollout is running: wait for it or cancel it")
     async with holder.reload_lock:
         # Bundles swapped out earlier must have closed (and released their index's writer
         # lock): reloading one of them again would otherwise find its index still locked.
@@ -101,10 +115,108 @@ async def snapshot(_: AuthDep, runtime: RuntimeDep, settings: SettingsDep) -> di
     response_class=FileResponse,
     summary="Download a snapshot",
 )
-async def download_snapshot(_: AuthDep, settings: SettingsDep, name: str) -> FileResponse:
+async def download_snapshot(
+    _: AuthDep,
+    settings: SettingsDep,
+    name: str = PathParam(examples=["9d2f0c1e7a3b-20261202T061500Z.tar"]),
+) -> FileResponse:
     if not SNAPSHOT_NAME.match(name):
         raise APIError(404, "not_found", "no such snapshot")
     path = settings.data_dir / "snapshots" / name
     if not path.is_file():
         raise APIError(404, "not_found", "no such snapshot")
     return FileResponse(path, media_type="application/x-tar", filename=name)
+
+
+JobId = PathParam(pattern=JOB_ID, description="the job's id", examples=["3f9c0a1b2d4e5f60"])
+
+
+@router.post(
+    "/v1/admin/rollout",
+    response_model=JobOut,
+    status_code=202,
+    responses={**ERRORS, 409: ERRORS[422]},
+    summary="Roll out a new bundle in one step: re-embed every item, then serve it",
+    description="Loads the bundle beside the served one and, in the background, re-embeds "
+    "every item from its kept input (SDSSL_KEEP_INPUTS) into the new bundle's indexes, in "
+    "batches, resumable after a crash. The served bundle keeps answering reads and writes; "
+    "writes made meanwhile land in both. When the new indexes are complete the server swaps "
+    "(or waits for `POST /v1/admin/jobs/{id}/swap` with `swap: false`). Follow it at "
+    "`GET /v1/admin/jobs/{id}` or in /metrics (`sdssl_rollout_*`). Items without a kept input "
+    "are listed in the job as needing re-upload.",
+)
+async def start_rollout(body: RolloutIn, _: AuthDep, rollouts: RolloutsDep) -> dict:
+    path = Path(body.bundle)
+    try:
+        await asyncio.to_thread(load_verified, path)
+    except Exception as exc:
+        raise APIError(409, "rollout_refused", f"bundle refused: {_reason(exc)}") from exc
+    try:
+        job = await rollouts.start(path, body.swap, body.batch, body.pause_ms)
+    except RolloutError as exc:
+        raise APIError(409, "rollout_refused", str(exc)) from exc
+    return job.public()
+
+
+@router.get(
+    "/v1/admin/jobs",
+    response_model=JobsOut,
+    responses=ERRORS,
+    summary="Every recorded job, newest first",
+)
+async def list_jobs(_: AuthDep, rollouts: RolloutsDep) -> dict:
+    jobs = await asyncio.to_thread(rollouts.jobs.all)
+    active = rollouts.active.job if rollouts.active else None
+    return {"jobs": [(active if active and j.id == active.id else j).public() for j in jobs]}
+
+
+@router.get(
+    "/v1/admin/jobs/{job_id}",
+    response_model=JobOut,
+    responses=ERRORS,
+    summary="A job's state and progress",
+)
+async def get_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dict:
+    job = await asyncio.to_thread(rollouts.get, job_id)
+    if job is None:
+        raise APIError(404, "not_found", f"no job {job_id}")
+    return job.public()
+
+
+@router.post(
+    "/v1/admin/jobs/{job_id}/swap",
+    response_model=JobOut,
+    responses={**ERRORS, 409: ERRORS[422]},
+    summary="Serve a rollout's bundle now that its indexes are complete (state ready)",
+)
+async def swap_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dict:
+    rollout = _active(rollouts, job_id)
+    try:
+        await rollout.swap()
+    except RolloutError as exc:
+        raise APIError(409, "not_ready", str(exc)) from exc
+    return rollout.job.public()
+
+
+@router.post(
+    "/v1/admin/jobs/{job_id}/cancel",
+    response_model=JobOut,
+    responses={**ERRORS, 409: ERRORS[422]},
+    summary="Stop a rollout; the served bundle is untouched (a later rollout starts afresh)",
+)
+async def cancel_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dict:
+    rollout = _active(rollouts, job_id)
+    try:
+        await rollout.cancel()
+    except RolloutError as exc:
+        raise APIError(409, "not_active", str(exc)) from exc
+    return rollout.job.public()
+
+
+def _active(rollouts: Rollouts, job_id: str) -> Rollout:
+    rollout = rollouts.active
+    if rollout is None or rollout.job.id != job_id:
+        if rollouts.jobs.get(job_id) is None:
+            raise APIError(404, "not_found", f"no job {job_id}")
+        raise APIError(409, "not_active", f"job {job_id} is not running")
+    return rollout

@@ -21,6 +21,7 @@ from service.deps import (
 from service.encoding import encode_rows
 from service.errors import APIError
 from service.jsonio import dumps_canonical, loads_field, nesting_depth
+from service.rollout import mirrored
 from service.routes.common import read_payload, run_batched
 from service.schemas import ERRORS, DeletedOut, ItemOut, ItemPage, ItemsOut, image_request_body
 from service.settings import Settings
@@ -33,7 +34,9 @@ ID_RULE = (
     f"1..{MAX_ID} printable characters, without '/' or '\\', and not '.' or '..' "
     "(URL clients rewrite those)"
 )
-ItemId = Path(min_length=1, max_length=MAX_ID, description="the client's item id")
+ItemId = Path(
+    min_length=1, max_length=MAX_ID, description="the client's item id", examples=["cat-1"]
+)
 OPTIONS = {
     "ids": {"type": "array", "items": {"type": "string"}, "description": "one id per image"},
     "metadata": {
@@ -131,14 +134,26 @@ async def add_items(
     meta_raw = payload.lists.get("metadata") if multipart else payload.fields.get("metadata")
     ids = _ids(ids_raw, len(payload.images))
     metadata = _metadata(meta_raw, len(payload.images), multipart, settings)
-    images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
+    rollout = runtime.mirror
+    keep = settings.keep_inputs
+    side = settings.keep_input_side if keep or rollout is not None else None
+    images, pngs = await decoder.prepare_kept(payload.images, runtime.manifest.preprocess, side)
     served = await run_batched(
         runtime.scheduler.run(images, admission=admission, route=ROUTE, all_exits=True,
                               arrival=request.scope["state"]["arrival"]),
         metrics,
     )  # fmt: skip
     vectors = served.output.transpose(1, 0, 2)  # [L, N, D] -> [N, L, D]
-    replaced = await asyncio.to_thread(runtime.index.upsert, ids, metadata, vectors)
+    # During a rollout the new bundle embeds the same inputs, outside the rollout's lock.
+    mirror_vectors = await rollout.embed(pngs) if rollout and pngs and rollout.target else None
+    async with mirrored(runtime) as mirror:
+        replaced = await asyncio.to_thread(
+            runtime.index.upsert, ids, metadata, vectors, pngs if keep else None
+        )
+        if mirror is not None:
+            if mirror is not rollout or mirror_vectors is None:  # the rollout began meanwhile
+                mirror_vectors = await mirror.embed(pngs) if pngs else None
+            await mirror.mirror_upsert(ids, metadata, mirror_vectors, pngs, keep)
     runtime.scheduler.answered(served, route=ROUTE)
     for d, n in runtime.index.index_sizes().items():
         metrics.items.labels(str(d)).set(n)
@@ -163,9 +178,18 @@ async def add_items(
 async def list_items(
     _: ReadDep,
     runtime: RuntimeDep,
-    limit: Annotated[int, Query(ge=0, le=MAX_PAGE)] = 100,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
-    filter: Annotated[str | None, Query(max_length=4096, description="JSON object (URL-encoded)")] = None,
+    limit: Annotated[int, Query(ge=0, le=MAX_PAGE, examples=[100])] = 100,
+    cursor: Annotated[
+        str | None, Query(max_length=64, description="a page's next_cursor", examples=["bjEwMA"])
+    ] = None,
+    filter: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="JSON object (URL-encoded)",
+            examples=['{"label": {"in": ["3", "8"]}}'],
+        ),
+    ] = None,
 ) -> dict:
     spec = loads_field(filter, "filter", "invalid_filter") if filter else None
     after = _cursor(cursor)
@@ -202,9 +226,12 @@ async def get_item(
     runtime: RuntimeDep,
     item_id: str = ItemId,
     exit_depth: Annotated[
-        int | None, Query(ge=1, description="include the stored embedding at this depth")
+        int | None,
+        Query(ge=1, description="include the stored embedding at this depth", examples=[6]),
     ] = None,
-    encoding: Annotated[Literal["json", "base64", "base64-f16"], Query()] = "json",
+    encoding: Annotated[
+        Literal["json", "base64", "base64-f16"], Query(examples=["base64"])
+    ] = "json",
 ) -> dict:
     item = await asyncio.to_thread(runtime.index.get, item_id)
     if item is None:
@@ -230,7 +257,11 @@ async def get_item(
 async def delete_item(
     _: AuthDep, runtime: RuntimeDep, metrics: MetricsDep, item_id: str = ItemId
 ) -> dict:
-    if not await asyncio.to_thread(runtime.index.delete, item_id):
+    async with mirrored(runtime) as mirror:
+        deleted = await asyncio.to_thread(runtime.index.delete, item_id)
+        if mirror is not None:
+            await mirror.mirror_delete(item_id)
+    if not deleted:
         raise APIError(404, "not_found", f"no item {item_id!r}")
     for d, n in runtime.index.index_sizes().items():
         metrics.items.labels(str(d)).set(n)

@@ -90,3 +90,33 @@ def test_retrain_export_reindex_reload(tiny_bundle, tmp_path) -> None:
         assert hits.json()["results"][0]["id"] == "g-001"
     server.stop()
     assert len(codes) > 5 and set(codes) == {200}, sorted(set(codes))
+
+
+def test_rollout_sh_from_config_to_serving(tiny_bundle, tmp_path) -> None:
+    """rollout.sh: retrain → export → verify → rollout → wait, against a running server."""
+    server = Server(tiny_bundle, tmp_path / "data", tmp_path / "server.log", api_key=KEY).start()
+    try:
+        with server.client() as c:
+            files = [("images", (f"{i}.png", digit_png(i), "image/png")) for i in range(12)]
+            r = c.post("/v1/items", files=files, data={"ids": [f"d-{i}" for i in range(12)]},
+                       headers={"X-API-Key": KEY})  # fmt: skip
+            assert r.status_code == 200, r.text
+        res = script("rollout.sh", "--config", "configs/tiny.yaml", "--set", "train.max_steps=3",
+                     "--set", "train.seed=11", "--checkpoint", str(tmp_path / "ckpt"),
+                     "--bundle", str(tmp_path / "new"), "--batch", "5", "--url", server.url,
+                     env={"SDSSL_API_KEY": KEY})  # fmt: skip
+        from export.manifest import bundle_id
+
+        new_id = bundle_id(tmp_path / "new")
+        assert f"swapped: {new_id} (12 re-embedded" in res.stdout, res.stdout
+        with server.client() as c:
+            assert c.get("/readyz").json()["model"] == new_id
+            assert c.get("/v1/items", params={"limit": 0}).json()["count"] == 12
+        bad = subprocess.run(
+            ["bash", str(ROOT / "scripts" / "rollout.sh"), "--bundle", str(tmp_path / "new"),
+             "--url", server.url, "--api-key", KEY],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert bad.returncode == 1 and "(409)" in bad.stderr  # already serving it
+    finally:
+        server.stop()

@@ -115,3 +115,34 @@ def test_concurrent_requests_are_batched(server, client) -> None:
             sum_ = float(line.split()[-1])
     assert count >= 1 and sum_ / count > 1.0, (sum_, count)
     assert "sdssl_request_seconds_bucket" in metrics and "sdssl_index_items" in metrics
+
+
+def _has_example(node, schemas, seen=frozenset()) -> bool:
+    if isinstance(node, dict):
+        if "example" in node or "examples" in node:
+            return True
+        ref = node.get("$ref", "").rsplit("/", 1)[-1]
+        if ref and ref not in seen:
+            return _has_example(schemas[ref], schemas, seen | {ref})
+        return any(_has_example(v, schemas, seen) for v in node.values())
+    return isinstance(node, list) and any(_has_example(v, schemas, seen) for v in node)
+
+
+def test_every_api_route_documents_examples(client) -> None:
+    """/docs shows an example of every /v1 request body, parameter and successful answer."""
+    spec = client.get("/openapi.json").json()
+    schemas = spec["components"]["schemas"]
+    missing = []
+    for path, ops in spec["paths"].items():
+        if not path.startswith("/v1/"):
+            continue
+        for method, op in ops.items():
+            where = f"{method.upper()} {path}"
+            if "requestBody" in op and not _has_example(op["requestBody"], schemas):
+                missing.append(f"{where}: request body")
+            missing += [f"{where}: parameter {p['name']}" for p in op.get("parameters", [])
+                        if not _has_example(p, schemas)]  # fmt: skip
+            ok = next(v for k, v in op["responses"].items() if k.startswith("2"))
+            if "application/x-tar" not in ok.get("content", {}) and not _has_example(ok, schemas):
+                missing.append(f"{where}: response")
+    assert not missing, missing
