@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # Re-install whenever pyproject.toml changes (the stamp's name carries its hash).
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml docker/requirements-*.txt | sha1sum | cut -c1-12)
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml docker/requirements-*.txt | sha1sum | cut -c1-12)
 
 CONFIG ?= configs/default.yaml
 OUT    ?= runs/train
@@ -22,10 +22,10 @@ help: ## list the targets
 # The lock files the images install also constrain .venv, so tests run the images' versions.
 LOCKS := docker/requirements-serve.txt docker/requirements-train.txt
 
-$(STAMP): pyproject.toml $(LOCKS)
+$(STAMP): pyproject.toml client/pyproject.toml $(LOCKS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,dev]" \
-		$(addprefix -c ,$(LOCKS))
+		-e "./client[images,progress]" $(addprefix -c ,$(LOCKS))
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -58,7 +58,19 @@ $(VENV)/.podman: | $(STAMP)
 	fi
 	@touch $@
 
-setup: $(STAMP) $(VENV)/.compose $(VENV)/.podman ## create .venv and install everything (idempotent)
+# The demo page's browser test drives Debian's headless chromium through its chromedriver.
+$(VENV)/.chromium: | $(STAMP)
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing chromium and chromium-driver (the demo page's browser test)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+		else \
+			echo "note: no chromium/chromedriver and no root to install them: tests/demo will be skipped" >&2; \
+		fi; \
+	fi
+	@touch $@
+
+setup: $(STAMP) $(VENV)/.compose $(VENV)/.podman $(VENV)/.chromium ## create .venv and install everything (idempotent)
 
 DEFAULT_BUNDLE := artifacts/bundles/default
 DATA_DIR ?= artifacts/data
@@ -77,6 +89,7 @@ run: $(STAMP) $(DEFAULT_BUNDLE)/manifest.json $(GALLERY)/.complete ## serve the 
 	$(BIN)/python -m service.reindex $(DEFAULT_BUNDLE) $(GALLERY) --data-dir $(DATA_DIR) --if-empty
 	@echo
 	@echo "  SDSSL embedding service: http://$(HOST):$(PORT)   (API docs: http://$(HOST):$(PORT)/docs)"
+	@echo "  demo page:               http://$(HOST):$(PORT)/demo/"
 	@echo "  try, once /readyz answers:"
 	@echo "    curl -F images=@$(GALLERY)/7/mnist-test-00700.png 'http://$(HOST):$(PORT)/v1/embeddings?budget_ms=20'"
 	@echo "    curl -F image=@$(GALLERY)/7/mnist-test-00700.png -F k=5 http://$(HOST):$(PORT)/v1/search"

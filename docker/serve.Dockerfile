@@ -43,7 +43,7 @@ RUN pip install --no-cache-dir -r /tmp/requirements.txt
 FROM deps-cpu AS cpu
 COPY export/__init__.py export/manifest.py /app/export/
 COPY service /app/service
-COPY scripts/common.bash scripts/reindex.sh scripts/reload.sh /app/scripts/
+COPY scripts/common.bash scripts/reindex.sh scripts/reload.sh scripts/rollout.sh /app/scripts/
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
@@ -56,7 +56,7 @@ FROM deps-gpu AS gpu
 ENV SDSSL_DEVICE=auto
 COPY export/__init__.py export/manifest.py /app/export/
 COPY service /app/service
-COPY scripts/common.bash scripts/reindex.sh scripts/reload.sh /app/scripts/
+COPY scripts/common.bash scripts/reindex.sh scripts/reload.sh scripts/rollout.sh /app/scripts/
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=90s --retries=3 \

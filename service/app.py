@@ -8,9 +8,11 @@ import os
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 from service.decoding import DecodePool
 from service.error_handlers import install_handlers
@@ -24,6 +26,7 @@ from service.settings import Settings
 from service.warmup import warm_request_paths
 
 log = logging.getLogger(__name__)
+DEMO = Path(__file__).with_name("demo")
 
 DESCRIPTION = """Early-exit image embeddings from an SDSSL-trained ViT.
 
@@ -92,6 +95,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     for router in (embeddings, search, items, model, admin, health):
         app.include_router(router.router)
+    # The demo page: static files calling the public API (and its keys) like any client.
+    app.mount("/demo", StaticFiles(directory=DEMO, html=True), name="demo")
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["*"],

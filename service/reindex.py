@@ -2,10 +2,11 @@
 
 Sources are image folders (every image below them; id = file stem, metadata = the parent
 folder's name as ``label`` and the path) or text files listing ``path[<TAB>id]`` per line.
-Items already in the index are skipped, so an interrupted run resumes where it stopped. Each
-batch is embedded once with the all-exits graph and committed before the next starts.
-Run it against a bundle that no server is serving at the same moment (e.g. a new bundle,
-before ``POST /v1/admin/reload``): the index's writer lock refuses it otherwise.
+Each item keeps its input as the server does (``SDSSL_KEEP_INPUTS``), so a later rollout
+can re-embed it. Items already in the index are skipped, so an interrupted run resumes where
+it stopped. Each batch is embedded once with the all-exits graph and committed before the
+next starts. Run it against a bundle that no server is serving at the same moment (e.g. a new
+bundle, before ``POST /v1/admin/reload``): the index's writer lock refuses it otherwise.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from export.manifest import BundleIntegrityError, bundle_id, load_verified
 from service.engine import ALL_EXITS, Engine
 from service.errors import APIError
-from service.images import prepare
+from service.images import prepare, prepare_kept
 from service.index import IndexMismatch, StorageError, WriterLockHeld, open_index
 from service.settings import Settings
 
@@ -68,24 +69,25 @@ def reindex(
         index.close()
         raise
     p = manifest.preprocess
+    args = (p.resize, p.crop, p.interpolation)
     found = list(iter_sources(sources))  # walk the sources once
     todo = [(path, i, m) for path, i, m in found if index.get(i) is None]
     counts = {"indexed": 0, "skipped_existing": len(found) - len(todo), "failed": 0}
     started = time.perf_counter()
     try:
         for start in range(0, len(todo), batch_size):
-            rows, ids, metas = [], [], []
+            rows, ids, metas, kept = [], [], [], []
             for path, item_id, meta in todo[start : start + batch_size]:
                 try:
-                    rows.append(
-                        prepare(
-                            path.read_bytes(),
-                            p.resize,
-                            p.crop,
-                            p.interpolation,
-                            settings.max_pixels,
+                    data = path.read_bytes()
+                    if settings.keep_inputs:
+                        row, png = prepare_kept(
+                            data, *args, settings.max_pixels, settings.keep_input_side
                         )
-                    )
+                        kept.append(png)
+                    else:
+                        row = prepare(data, *args, settings.max_pixels)
+                    rows.append(row)
                 except (APIError, OSError) as exc:
                     msg = exc.message if isinstance(exc, APIError) else str(exc)
                     log.warning("skipping %s: %s", path, msg)
@@ -95,7 +97,7 @@ def reindex(
                 metas.append(meta)
             if rows:
                 vectors = engine.run(ALL_EXITS, np.stack(rows))  # [L, N, D]
-                index.upsert(ids, metas, vectors.transpose(1, 0, 2))
+                index.upsert(ids, metas, vectors.transpose(1, 0, 2), kept or None)
                 counts["indexed"] += len(ids)
             if progress:
                 done = min(start + batch_size, len(todo))

@@ -282,6 +282,11 @@ class ItemIndex:
             rows = self.store.with_inputs(after, limit, upto)
         return [(n, i, loads_stored(m), png) for n, i, m, png in rows]
 
+    def input_of(self, item_id: str) -> bytes | None:
+        """An item's kept input (PNG bytes), or None."""
+        with self._lock:
+            return self.store.input_of(item_id)
+
     def count_after(self, after: int, upto: int) -> int:
         """Items with ``after`` < num_id <= ``upto`` (what a rollout has left)."""
         with self._lock:

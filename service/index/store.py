@@ -191,6 +191,13 @@ class ItemStore:
             (after, upto, limit),
         ).fetchall()
 
+    def input_of(self, item_id: str) -> bytes | None:
+        """An item's kept input PNG (None: no such item, or none kept)."""
+        row = self.db.execute(
+            "SELECT png FROM inputs JOIN items USING (num_id) WHERE id = ?", (item_id,)
+        ).fetchone()
+        return None if row is None else row[0]
+
     def count_after(self, after: int, upto: int) -> int:
         sql = "SELECT COUNT(*) FROM items WHERE num_id > ? AND num_id <= ?"
         return self.db.execute(sql, (after, upto)).fetchone()[0]

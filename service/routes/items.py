@@ -8,6 +8,7 @@ import base64
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
 
 from service.deps import (
     AdmissionDep,
@@ -213,6 +214,19 @@ def _cursor(cursor: str | None) -> int:
     except (ValueError, UnicodeDecodeError):
         pass
     raise APIError(422, "invalid_cursor", "cursor is not one this server gave out")
+
+
+@router.get(
+    "/v1/items/{item_id}/input",
+    responses={**ERRORS, 200: {"content": {"image/png": {}}, "description": "the kept PNG"}},
+    response_class=Response,
+    summary="An item's kept input image (what a rollout re-embeds; the demo's thumbnails)",
+)
+async def get_item_input(_: ReadDep, runtime: RuntimeDep, item_id: str = ItemId) -> Response:
+    png = await asyncio.to_thread(runtime.index.input_of, item_id)
+    if png is None:
+        raise APIError(404, "not_found", f"no kept input for item {item_id!r}")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
 
 
 @router.get(

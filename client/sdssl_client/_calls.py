@@ -1,0 +1,202 @@
+"""Requests as data: each public method builds a :class:`Call` (what to send, how to read the
+answer) that the sync and async clients send the same way, with the same retries."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+
+from sdssl_client.errors import SDSSLError, error_for
+from sdssl_client.images import ImageLike, many, to_bytes
+from sdssl_client.results import BatchSearchResult, Embeddings, Item, SearchResult
+
+RETRY_STATUSES = {429, 503}
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], Any]
+    params: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] | None = None
+    files: list | None = None
+    json: Any = None
+    write: bool = False  # needs the admin key
+
+
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _json(r: httpx.Response) -> Any:
+    return r.json()
+
+
+def _vector_b64(vector: Any) -> str:
+    """A vector as base64 little-endian float32: exact, and a third of a JSON list's size."""
+    return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode()
+
+
+def _files(name: str, images: list[bytes]) -> list:
+    return [(name, (f"{i}.img", b, "application/octet-stream")) for i, b in enumerate(images)]
+
+
+def _form(fields: dict[str, Any]) -> dict[str, Any]:
+    """Multipart text fields: JSON documents as text, numbers as strings, lists as repeats."""
+    out: dict[str, Any] = {}
+    for k, v in _drop_none(fields).items():
+        if k in ("filter",) or isinstance(v, dict):
+            out[k] = json.dumps(v)
+        elif isinstance(v, list):
+            out[k] = [json.dumps(x) if not isinstance(x, str) else x for x in v]
+        else:
+            out[k] = str(v)
+    return out
+
+
+def embed(
+    images: ImageLike | list[ImageLike], exit_depth: int | None, budget_ms: float | None
+) -> Call:
+    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "encoding": "base64"})
+    return Call(
+        "POST",
+        "/v1/embeddings",
+        lambda r: Embeddings.parse(r.json()),
+        data=data,
+        files=_files("images", many(images)),
+    )
+
+
+def search(
+    image: ImageLike | None,
+    vector: Any,
+    exit_depth: int | None,
+    budget_ms: float | None,
+    k: int,
+    filter: dict | None,
+) -> Call:
+    parse = lambda r: SearchResult.parse(r.json())  # noqa: E731
+    if (image is None) == (vector is None):
+        raise ValueError("give an image or a vector (with its exit_depth)")
+    if vector is not None:
+        if exit_depth is None:
+            raise ValueError("a vector needs the exit_depth it came from")
+        body = _drop_none(
+            {"vector": _vector_b64(vector), "exit_depth": exit_depth, "k": k, "filter": filter}
+        )
+        return Call("POST", "/v1/search", parse, json=body)
+    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "k": k, "filter": filter})
+    return Call("POST", "/v1/search", parse, data=data, files=_files("image", [to_bytes(image)]))
+
+
+def search_batch(
+    images: list[ImageLike] | None,
+    vectors: Any,
+    exit_depth: int | None,
+    budget_ms: float | None,
+    k: int,
+    filter: dict | None,
+) -> Call:
+    parse = lambda r: BatchSearchResult.parse(r.json())  # noqa: E731
+    if (images is None) == (vectors is None):
+        raise ValueError("give images or vectors (with their exit_depth)")
+    if vectors is not None:
+        if exit_depth is None:
+            raise ValueError("vectors need the exit_depth they came from")
+        body = _drop_none(
+            {
+                "vectors": [_vector_b64(v) for v in vectors],
+                "exit_depth": exit_depth,
+                "k": k,
+                "filter": filter,
+            }
+        )
+        return Call("POST", "/v1/search/batch", parse, json=body)
+    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "k": k, "filter": filter})
+    return Call("POST", "/v1/search/batch", parse, data=data, files=_files("images", many(images)))
+
+
+def add(
+    images: ImageLike | list[ImageLike], ids: str | list[str], metadata: Any | list[Any] | None
+) -> Call:
+    blobs = many(images)
+    ids = [ids] if isinstance(ids, str) else list(ids)
+    if len(ids) != len(blobs):
+        raise ValueError(f"{len(blobs)} images need {len(ids)} ids")
+    data: dict[str, Any] = {"ids": ids}
+    if metadata is not None:
+        metas = metadata if isinstance(metadata, list) and len(blobs) > 1 else [metadata]
+        if len(metas) != len(blobs):
+            raise ValueError(f"{len(blobs)} images need {len(blobs)} metadata documents or none")
+        data["metadata"] = [json.dumps(m) for m in metas]
+    return Call("POST", "/v1/items", _json, data=data, files=_files("images", blobs), write=True)
+
+
+def get(item_id: str, exit_depth: int | None) -> Call:
+    params = _drop_none({"exit_depth": exit_depth, "encoding": "base64" if exit_depth else None})
+    return Call(
+        "GET", f"/v1/items/{_quote(item_id)}", lambda r: Item.parse(r.json()), params=params
+    )
+
+
+def delete(item_id: str) -> Call:
+    return Call("DELETE", f"/v1/items/{_quote(item_id)}", _json, write=True)
+
+
+def page(limit: int, cursor: str | None, filter: dict | None) -> Call:
+    params = _drop_none(
+        {"limit": limit, "cursor": cursor, "filter": None if filter is None else json.dumps(filter)}
+    )
+    return Call("GET", "/v1/items", _json, params=params)
+
+
+def admin(method: str, path: str, body: Any = None) -> Call:
+    return Call(method, path, _json, json=body, write=True)
+
+
+def _quote(item_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(item_id, safe="")
+
+
+# ---- answers and retries ---------------------------------------------------------------------
+def check(r: httpx.Response) -> None:
+    """Raise the typed error of a non-2xx answer."""
+    if r.is_success:
+        return
+    try:
+        err = r.json()["error"]
+        code, message = err["code"], err["message"]
+    except (ValueError, KeyError, TypeError):
+        code, message = "http_error", r.text[:200] or r.reason_phrase
+    raise error_for(r.status_code, code, message, retry_after(r))
+
+
+def retry_after(r: httpx.Response) -> float | None:
+    try:
+        return float(r.headers["retry-after"])
+    except (KeyError, ValueError):
+        return None
+
+
+def backoff(attempt: int, error: SDSSLError | None, cap: float) -> float:
+    """Seconds to wait before the next try: the server's Retry-After when it gave one, else
+    exponential with jitter."""
+    if error is not None and error.retry_after is not None:
+        return min(cap, error.retry_after)
+    return min(cap, 0.1 * 2**attempt) * (0.5 + random.random() / 2)
+
+
+def retryable(exc: Exception) -> bool:
+    if isinstance(exc, SDSSLError):
+        return exc.status in RETRY_STATUSES
+    return isinstance(exc, httpx.TransportError)

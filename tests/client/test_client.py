@@ -1,0 +1,163 @@
+"""The Python client against a real server: every method, the retry on 503, typed errors."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+from sdssl_client import (
+    AsyncClient,
+    Client,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
+
+from tests.service.conftest import _mnist_test, digit_png
+from tests.service.server import Server
+
+KEY, READ = "client-admin", "client-read"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle, tmp_path_factory):
+    root = tmp_path_factory.mktemp("client")
+    s = Server(tiny_bundle, root / "data", root / "log", api_key=KEY, read_key=READ).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def client(server):
+    with Client(server.url, api_key=KEY) as c:
+        yield c
+
+
+def test_embed_takes_every_image_kind_and_matches(client) -> None:
+    png = digit_png(3)
+    pil = Image.open(io.BytesIO(png)).convert("RGB")
+    arr = np.asarray(pil)
+    e = client.embed([png, pil, arr], exit_depth=2)
+    assert e.vectors.shape == (3, 32) and e.vectors.dtype == np.float32 and e.exit_depth == 2
+    assert np.allclose(e.vectors[0], e.vectors[1], atol=1e-6)  # PNG of the same pixels
+    assert np.allclose(e.vectors[1], e.vectors[2], atol=1e-6)
+    assert np.allclose(np.linalg.norm(e.vectors, axis=1), 1, atol=1e-5)
+    budgeted = client.embed(png, budget_ms=200)
+    assert budgeted.timing["budget_ms"] == 200 and len(budgeted.model) == 64
+
+
+def test_items_search_and_scroll(client, tmp_path) -> None:
+    test = _mnist_test()
+    label = {i: str(int(test.labels[i * 30])) for i in range(30)}  # spread over the labels
+    for i in range(30):
+        (tmp_path / label[i]).mkdir(exist_ok=True)
+        test.image(i * 30).save(tmp_path / label[i] / f"c-{i:03d}.png")
+    assert client.add_folder(tmp_path, batch_size=7, concurrency=3, progress=False) == {"added": 30}
+    client.add(digit_png(500), "solo", {"label": "x", "n": 1})
+    assert client.count() == 31
+    ids = [i.id for i in client.items(page_size=4)]  # batches land in any order; solo last
+    assert sorted(ids[:-1]) == [f"c-{i:03d}" for i in range(30)] and ids[-1] == "solo"
+    sevens = client.count(filter={"label": "7"})
+    assert sevens == sum(v == "7" for v in label.values()) > 0
+    item = client.get("c-005", exit_depth=4)
+    assert item.metadata["label"] == label[5] and item.vector.shape == (32,)
+    hits = client.search(vector=item.vector, exit_depth=4, k=3).hits
+    assert hits[0].id == "c-005" and hits[0].score > 0.999
+    by_image = client.search(digit_png(500), exit_depth=4, k=1, filter={"label": "x"})
+    assert [h.id for h in by_image.hits] == ["solo"]
+    batch = client.search_batch([digit_png(500), test_png(150)], exit_depth=4, k=1)
+    assert [r[0].id for r in batch.results] == ["solo", "c-005"]
+    vectors = client.search_batch(vectors=[item.vector], exit_depth=4, k=1)
+    assert vectors.results[0][0].id == "c-005"
+    assert client.delete("solo") is True and client.delete("solo") is False
+    assert [c["exit_depth"] for c in client.model()["curve"]] == [1, 2, 3, 4]
+    assert client.snapshot()["items"] == 30
+
+
+def test_png(i: int) -> bytes:
+    buf = io.BytesIO()
+    _mnist_test().image(i).save(buf, "PNG")
+    return buf.getvalue()
+
+
+test_png.__test__ = False  # a helper, not a test
+
+
+def test_typed_errors(server, client) -> None:
+    with pytest.raises(NotFound) as e:
+        client.get("missing")
+    assert e.value.status == 404 and e.value.code == "not_found"
+    with pytest.raises(InvalidRequest) as e:
+        client.embed(digit_png(1), exit_depth=9)
+    assert e.value.code == "unknown_exit_depth"
+    with pytest.raises(InvalidRequest) as e:
+        client.embed(b"not an image")
+    assert e.value.status == 400 and e.value.code == "not_an_image"
+    with Client(server.url, read_key="wrong") as bad, pytest.raises(Unauthorized):
+        bad.count()
+    with Client(server.url, read_key=READ) as reader:
+        assert reader.count() >= 0  # reads with the read key ...
+        with pytest.raises(Unauthorized):
+            reader.add(digit_png(1), "x")  # ... writes need the admin key
+    with pytest.raises(Conflict):
+        client.reload("/no/such/bundle")
+
+
+def test_retries_honour_retry_after(tiny_bundle, tmp_path) -> None:
+    """Concurrent big images against a decode queue of one image's pixels: the server answers
+    503 + Retry-After; with retries every request succeeds, without them Unavailable is raised."""
+    s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", max_request_pixels=3_000_000,
+               decode_queue_pixels=3_000_000).start()  # fmt: skip
+    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1700, 1700, 3), np.uint8))
+    buf = io.BytesIO()
+    big.save(buf, "PNG")
+    image = buf.getvalue()
+    try:
+
+        def burst(retries: int) -> list:
+            outcomes: list = []
+            gate = threading.Barrier(6)
+
+            def one() -> None:
+                with Client(s.url, retries=retries) as c:
+                    gate.wait()
+                    try:
+                        outcomes.append(c.embed(image, exit_depth=1).exit_depth)
+                    except Unavailable as exc:
+                        outcomes.append(exc)
+
+            threads = [threading.Thread(target=one) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            return outcomes
+
+        refused = [o for o in burst(0) if isinstance(o, Unavailable)]
+        assert refused and refused[0].retry_after >= 1 and refused[0].code == "overloaded"
+        assert burst(8) == [1] * 6
+    finally:
+        s.stop()
+
+
+def test_async_client(server) -> None:
+    async def main() -> None:
+        async with AsyncClient(server.url, api_key=KEY) as c:
+            await c.add([digit_png(7), digit_png(8)], ["a-1", "a-2"], [{"n": 1}, {"n": 2}])
+            got = await asyncio.gather(*(c.embed(digit_png(i), exit_depth=3) for i in range(4)))
+            assert [g.vectors.shape for g in got] == [(1, 32)] * 4
+            hits = (await c.search(digit_png(7), exit_depth=4, k=1)).hits
+            assert hits[0].id == "a-1"
+            ids = [i.id async for i in c.items(filter={"n": {"gte": 1}})]
+            assert ids == ["a-1", "a-2"] and await c.count(filter={"n": 2}) == 1
+            assert await c.delete("a-1") and not await c.delete("a-1")
+            with pytest.raises(NotFound):
+                await c.get("a-1")
+
+    asyncio.run(main())
