@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from training.checkpoint import STATE, load_backbone, load_state, write_json
-from training.config import Config
+from training.config import Config, unused_keys
 from training.data import load_splits
 from training.evaluate import cross_validated, embed_source, plot_metrics, raw_pixels
 from training.loop import seed_everything, train
 from training.sdssl import SDSSL
+from training.stats import paired
 
 log = logging.getLogger(__name__)
 VARIANTS = ("baseline", "sdssl")
@@ -48,6 +49,9 @@ def cache_identity(cfg: Config) -> dict[str, Any]:
     for section, keys in _EXECUTION_KEYS.items():
         for key in keys:
             raw[section].pop(key, None)
+    for dotted in unused_keys(cfg):  # e.g. the momentum of a method without a teacher
+        section, key = dotted.split(".")
+        raw[section].pop(key, None)
     return raw
 
 
@@ -75,12 +79,35 @@ def _score(backbone: torch.nn.Module, cfg: Config) -> dict[str, Any]:
 
 
 def _mean_std(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sample standard deviation (n − 1) over seeds (zeros for one seed)."""
     arr = np.array([r[key] for r in runs])
-    return arr.mean(0), arr.std(0)
+    return arr.mean(0), (arr.std(0, ddof=1) if len(arr) > 1 else np.zeros(arr.shape[1:]))
+
+
+def paired_knn(scores: dict[str, list[dict[str, Any]]], depths: list[int]) -> dict[str, Any]:
+    """SDSSL − baseline k-NN paired by seed: per depth, and over the first half of the depths
+    (each seed's mean over them)."""
+    sd = np.array([r["knn_top1"] for r in scores["sdssl"]])
+    base = np.array([r["knn_top1"] for r in scores["baseline"]])
+    half = max(1, len(depths) // 2)
+    return {
+        "per_depth": [paired(sd[:, i], base[:, i]).to_dict() for i in range(len(depths))],
+        "first_half": {"depths": depths[:half],
+                       **paired(sd[:, :half].mean(1), base[:, :half].mean(1)).to_dict()},
+    }  # fmt: skip
 
 
 def _fmt(mean: float, std: float) -> str:
     return f"{100 * mean:.1f} ± {100 * std:.1f}"
+
+
+def _signed(mean: float, sd: float | None) -> str:
+    """A difference in points: +5.6 ± 0.4 (sample std), or +5.6 for one seed."""
+    return f"{100 * mean:+.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
 
 
 def report_stem(cfg: Config, tag: str | None = None) -> str:
@@ -153,6 +180,7 @@ def run_comparison(
             v: [{k: r[k] for k in ("knn_top1", "linear_top1")} for r in runs]
             for v, runs in scores.items()
         },
+        "paired_knn": paired_knn(scores, depths),
         "config": cfg.to_dict(),
         "train_wall_s": round(train_wall, 1),
     }
@@ -180,6 +208,9 @@ def _markdown(
     wins = int((delta >= 0).sum())
     m, t = cfg["model"], cfg["train"]
     stopped = f" (stopped at {t['max_steps']} steps)" if t["max_steps"] else ""
+    n = len(report["seeds"])
+    stats = report["paired_knn"]
+    first, last = stats["first_half"], stats["per_depth"][-1]
     lines = [
         f"# {cfg['data']['dataset']}: {t['method']} baseline vs SDSSL",
         "",
@@ -188,21 +219,27 @@ def _markdown(
         f"{stopped}, lr {t['lr']}, "
         f"seeds {report['seeds']}. Scores: top-1 under stratified 5-fold cross-validation over "
         f"all images (k-NN: cosine, k = {cfg['eval']['knn_k']}, T = "
-        f"{cfg['eval']['knn_temperature']}), mean ± std over seeds.",
+        f"{cfg['eval']['knn_temperature']}), mean ± sample std over seeds. Δ: SDSSL − baseline "
+        "paired by seed (same data order and initialisation); t: paired t; p: exact two-sided "
+        "sign-flip test (its floor is 2 / 2^n).",
         "",
-        f"**SDSSL ≥ baseline (k-NN) at {wins} of {len(depths)} exit depths; mean difference "
-        f"over the first {half} depths: {100 * delta[:half].mean():+.2f} points; over all: "
-        f"{100 * delta.mean():+.2f}.** Raw-pixel k-NN floor: "
+        f"**{n} seeds: SDSSL − baseline k-NN over exit depths 1–{half} "
+        f"{_signed(first['mean'], first['sd'])} points (paired t = {_num(first['t'])}, "
+        f"{first['df']} df, p = {_num(first['p_t'], 3)}; sign-flip p = "
+        f"{first['p_sign_flip']:.3f}); SDSSL ≥ baseline at {wins} of {len(depths)} depths; at "
+        f"depth {depths[-1]} {_signed(last['mean'], last['sd'])}.** Raw-pixel k-NN floor: "
         f"{100 * report['raw_pixel_knn']:.1f} %.",
         "",
-        "| exit depth | baseline k-NN | SDSSL k-NN | Δ k-NN | baseline linear | SDSSL linear "
-        "| random-init k-NN |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| exit depth | baseline k-NN | SDSSL k-NN | Δ k-NN | t | sign-flip p | baseline linear "
+        "| SDSSL linear | random-init k-NN |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for i, d in enumerate(depths):
+        p = stats["per_depth"][i]
         lines.append(
             f"| {d} | {_fmt(b_knn[i], b_knn_s[i])} | {_fmt(s_knn[i], s_knn_s[i])} | "
-            f"{100 * delta[i]:+.1f} | {_fmt(b_lin[i], b_lin_s[i])} | {_fmt(s_lin[i], s_lin_s[i])} "
+            f"{_signed(p['mean'], p['sd'])} | {_num(p['t'])} | {p['p_sign_flip']:.3f} | "
+            f"{_fmt(b_lin[i], b_lin_s[i])} | {_fmt(s_lin[i], s_lin_s[i])} "
             f"| {100 * report['random_init']['knn_top1'][i]:.1f} |"
         )
     command = "python -m training " + " ".join(shlex.quote(a) for a in sys.argv[1:])

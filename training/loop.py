@@ -19,7 +19,14 @@ from tqdm import tqdm
 from training import distributed
 from training.augment import TwoViews, two_view_transforms
 from training.checkpoint import METRICS, load_model, load_state, save_checkpoint
-from training.config import RUNTIME_KEYS, Config, changed_keys, distill_ratio
+from training.config import (
+    RUNTIME_KEYS,
+    Config,
+    changed_keys,
+    distill_ratio,
+    teacher_base_momentum,
+    unused_keys,
+)
 from training.data import load_splits
 from training.errors import ConfigError
 from training.schedules import distill_weight, teacher_momentum, warmup_cosine
@@ -108,11 +115,13 @@ def train(cfg: Config, out_dir: Path, resume: Path | None = None) -> Path:
     total = cfg.train.epochs * steps_per_epoch
     warmup = round(cfg.train.warmup_fraction * total)
     ratio = distill_ratio(cfg.train)
+    m0 = teacher_base_momentum(cfg.train, total)
 
     step = 0
     if resume is not None:
         model = load_model(resume)
-        changed = [k for k in changed_keys(model.cfg, cfg) if k not in RUNTIME_KEYS]
+        ignored = RUNTIME_KEYS | unused_keys(cfg)
+        changed = [k for k in changed_keys(model.cfg, cfg) if k not in ignored]
         if changed:
             raise ConfigError(f"--resume cannot change {', '.join(changed)}")
         model.cfg = cfg  # runtime fields (max_steps, threads, ...) may differ
@@ -166,7 +175,7 @@ def train(cfg: Config, out_dir: Path, resume: Path | None = None) -> Path:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            model.update_teacher(teacher_momentum(step, total, cfg.train.momentum))
+            model.update_teacher(teacher_momentum(step, total, m0))
             step += 1
             bar.update(1)
             if step % cfg.train.log_every == 0 or step == stop:

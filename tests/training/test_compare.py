@@ -12,13 +12,34 @@ def test_second_compare_trains_nothing(tiny_cfg, tmp_path) -> None:
     tiny_cfg.train.max_steps = 2
     tiny_cfg.train.method = "simclr"
     runs, results = tmp_path / "runs", tmp_path / "results"
-    first = run_comparison(tiny_cfg, [0], runs, results, tag="t")
+    first = run_comparison(tiny_cfg, [0, 1], runs, results, tag="t")
     assert first.name == "mnist5k-simclr-t.md"
     assert (results / "runs" / "mnist5k-simclr-t" / "sdssl-s0.json").is_file()
     report = json.loads((results / "mnist5k-simclr-t.json").read_text())
     shutil.rmtree(runs)  # no checkpoints left: a run that trained again would recreate them
     tiny_cfg.train.threads = 2  # how a run executes is not what it learns
-    run_comparison(tiny_cfg, [0], runs, results, tag="t")
+    run_comparison(tiny_cfg, [0, 1], runs, results, tag="t")
     assert not runs.exists()
     again = json.loads((results / "mnist5k-simclr-t.json").read_text())
     assert again["per_seed"] == report["per_seed"]
+    # Paired by seed: the reported differences are the per-seed SDSSL − baseline ones.
+    sd, base = report["per_seed"]["sdssl"], report["per_seed"]["baseline"]
+    first_depth = report["paired_knn"]["per_depth"][0]
+    want = [s["knn_top1"][0] - b["knn_top1"][0] for s, b in zip(sd, base, strict=True)]
+    assert first_depth["diffs"] == want
+    assert first_depth["df"] == 1 and 0 < first_depth["p_sign_flip"] <= 1
+    assert "2 seeds: SDSSL − baseline k-NN over exit depths 1–2" in first.read_text()
+
+
+def test_cached_scores_survive_settings_a_method_does_not_use(tiny_cfg) -> None:
+    """SimCLR has no teacher: runs cached when train.momentum defaulted to 0.996 still hit."""
+    import copy
+
+    from training.compare import cache_identity
+
+    tiny_cfg.train.method = "simclr"
+    old = copy.deepcopy(tiny_cfg)
+    old.train.momentum = 0.996
+    assert cache_identity(old) == cache_identity(tiny_cfg)
+    old.train.method = tiny_cfg.train.method = "byol"
+    assert cache_identity(old) != cache_identity(tiny_cfg)

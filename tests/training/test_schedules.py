@@ -38,3 +38,34 @@ def test_warmup_cosine_end_points() -> None:
     assert warmup_cosine(10, 100, 1.0, 0.0, 10) == pytest.approx(1.0)
     assert warmup_cosine(100, 100, 1.0, 0.1, 10) == pytest.approx(0.1)
     assert warmup_cosine(55, 100, 1.0, 0.0, 10) == pytest.approx(0.5)
+
+
+def test_teacher_base_momentum_follows_the_run_length() -> None:
+    from training.config import teacher_base_momentum
+
+    assert teacher_base_momentum(TrainConfig(), 1950) == pytest.approx(1 - 20 / 1950)  # 0.9897
+    assert teacher_base_momentum(TrainConfig(), 780) == pytest.approx(1 - 20 / 780)
+    assert teacher_base_momentum(TrainConfig(), 300_000) == 0.996  # long runs: the reference's
+    assert teacher_base_momentum(TrainConfig(), 5) == 0.0  # tiny runs: the teacher is the student
+    assert teacher_base_momentum(TrainConfig(momentum=0.99), 780) == 0.99  # as configured
+
+
+@pytest.mark.parametrize("total", [780, 1950, 5000])
+def test_the_teacher_forgets_its_initialisation(total: int) -> None:
+    """The random initialisation's share of the EMA teacher after the whole cosine schedule."""
+    import math
+
+    from training.config import teacher_base_momentum
+
+    m0 = teacher_base_momentum(TrainConfig(), total)
+    share = math.prod(teacher_momentum(t, total, m0) for t in range(total))
+    assert share <= math.exp(-9.9)
+    old = math.prod(teacher_momentum(t, total, 0.996) for t in range(total))
+    assert total > 1950 or old > 0.02  # what the fixed 0.996 left (the issue's ~20 % at 780)
+
+
+def test_momentum_is_no_part_of_a_teacherless_run() -> None:
+    from training.config import Config, unused_keys
+
+    assert unused_keys(Config.from_dict({"train": {"method": "simclr"}})) == {"train.momentum"}
+    assert unused_keys(Config.from_dict({"train": {"method": "byol"}})) == set()
