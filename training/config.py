@@ -44,6 +44,11 @@ class HeadsConfig:
     mid_proj_hidden_dim: int = 512  # hidden width of the intermediate projectors (2048 at ViT-B)
     pred_hidden_dim: int = 1024  # predictor hidden width
     out_dim: int = 256
+    # MoCo v3 / BYOL as their reference code builds them: each view through the heads on its
+    # own (BatchNorm statistics per view) and, for MoCo v3, a predictor ending on affine-free BN.
+    # False: both views as one batch and no such BN (this repository's behaviour before).
+    # SimCLR always batches both views together, as SimCLR does.
+    reference_bn: bool = True
 
 
 @dataclass

@@ -10,8 +10,8 @@ def build_mlp(
 ) -> nn.Sequential:
     """Linear layers without bias, BN + ReLU between them; optional affine-free BN at the end.
 
-    ``last_bn=True`` is SimCLR's / MoCo v3's projector ending (BN without gamma/beta); BYOL's
-    projector and every predictor end on a plain linear layer.
+    ``last_bn=True`` is SimCLR's / MoCo v3's projector ending (BN without gamma/beta), and MoCo
+    v3's ViT predictor's; BYOL's projector and predictor end on a plain linear layer.
     """
     layers: list[nn.Module] = []
     for i in range(num_layers):
@@ -31,6 +31,6 @@ def build_projector(in_dim: int, hidden_dim: int, out_dim: int, last_bn: bool) -
     return build_mlp(3, in_dim, hidden_dim, out_dim, last_bn)
 
 
-def build_predictor(dim: int, hidden_dim: int) -> nn.Sequential:
-    """Two-layer predictor (MoCo v3 / BYOL)."""
-    return build_mlp(2, dim, hidden_dim, dim, last_bn=False)
+def build_predictor(dim: int, hidden_dim: int, last_bn: bool = False) -> nn.Sequential:
+    """Two-layer predictor (MoCo v3 / BYOL); MoCo v3's ViT predictor ends on affine-free BN."""
+    return build_mlp(2, dim, hidden_dim, dim, last_bn)

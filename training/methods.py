@@ -16,6 +16,8 @@ class BaseMethod:
     predictor: bool  # per-layer predictor heads on the student
     projector_last_bn: bool  # projector ends on an affine-free BatchNorm
     contrastive: bool  # InfoNCE-style loss with temperature (vs. BYOL's regression)
+    predictor_last_bn: bool = False  # predictor ends on affine-free BN (MoCo v3's ViT predictor)
+    per_view_heads: bool = False  # each view through the heads on its own (per-view BN stats)
 
 
 METHODS: dict[str, BaseMethod] = {
@@ -23,10 +25,21 @@ METHODS: dict[str, BaseMethod] = {
         "simclr", momentum_teacher=False, predictor=False, projector_last_bn=True, contrastive=True
     ),
     "byol": BaseMethod(
-        "byol", momentum_teacher=True, predictor=True, projector_last_bn=False, contrastive=False
+        "byol",
+        momentum_teacher=True,
+        predictor=True,
+        projector_last_bn=False,
+        contrastive=False,
+        per_view_heads=True,
     ),
     "mocov3": BaseMethod(
-        "mocov3", momentum_teacher=True, predictor=True, projector_last_bn=True, contrastive=True
+        "mocov3",
+        momentum_teacher=True,
+        predictor=True,
+        projector_last_bn=True,
+        contrastive=True,
+        predictor_last_bn=True,
+        per_view_heads=True,
     ),
 }
 

@@ -29,6 +29,9 @@ class SDSSL(nn.Module):
         self.cfg = cfg
         self.method = get_method(cfg.train.method)
         depth, dim, heads = cfg.model.depth, cfg.model.embed_dim, cfg.heads
+        reference = heads.reference_bn
+        self.per_view = reference and self.method.per_view_heads
+        pred_last_bn = reference and self.method.predictor_last_bn
         self.backbone = build_backbone(cfg.model)
         # Exit depths that carry heads: every depth with distillation, else only the last.
         self.head_depths = list(range(1, depth + 1)) if cfg.train.distill else [depth]
@@ -43,7 +46,8 @@ class SDSSL(nn.Module):
         )
         self.predictors = (
             nn.ModuleList(
-                build_predictor(heads.out_dim, heads.pred_hidden_dim) for _ in self.head_depths
+                build_predictor(heads.out_dim, heads.pred_hidden_dim, pred_last_bn)
+                for _ in self.head_depths
             )
             if self.method.predictor
             else None
@@ -70,10 +74,18 @@ class SDSSL(nn.Module):
         b = view1.shape[0]
         images = torch.cat([view1, view2])
         feats = exit_features(self.backbone, images, self.head_depths)  # [H, 2B, D]
-        z = torch.stack([proj(f) for proj, f in zip(self.projectors, feats, strict=True)])
+        z = torch.stack([self._heads(proj, f, b) for proj, f in zip(self.projectors, feats,
+                                                                     strict=True)])  # fmt: skip
         if self.method.momentum_teacher:
             return self._teacher_loss(images, z, b, distill_weight)
         return self._in_batch_loss(z, distill_weight)
+
+    def _heads(self, head: nn.Module, x: torch.Tensor, b: int) -> torch.Tensor:
+        """A head on both views' rows ``[2B, ·]``: one batch, or each view on its own (its BN
+        statistics from that view only, as MoCo v3's and BYOL's reference code runs them)."""
+        if not self.per_view:
+            return head(x)
+        return torch.cat([head(x[:b]), head(x[b:])])
 
     def _in_batch_loss(self, z: torch.Tensor, lam: float) -> tuple[torch.Tensor, dict[str, float]]:
         """SimCLR: both views' final projections are the keys, negatives gathered across ranks."""
@@ -105,9 +117,11 @@ class SDSSL(nn.Module):
         with torch.no_grad():
             depth = self.cfg.model.depth
             t_feat = exit_features(self.teacher["backbone"], images, [depth])[0]
-            target = self.teacher["projector"](t_feat)
+            target = self._heads(self.teacher["projector"], t_feat, b)
         t1, t2 = target[:b], target[b:]
-        p = torch.stack([pred(zi) for pred, zi in zip(self.predictors, z, strict=True)])
+        p = torch.stack(
+            [self._heads(pred, zi, b) for pred, zi in zip(self.predictors, z, strict=True)]
+        )
 
         def cross(pred: torch.Tensor) -> torch.Tensor:  # view-1 rows -> t2, view-2 rows -> t1
             return self._pair_loss(pred[..., :b, :], t2) + self._pair_loss(pred[..., b:, :], t1)
@@ -123,8 +137,9 @@ class SDSSL(nn.Module):
                 # SDSSL's predictor term: every predictor on stop-gradient projections, at full
                 # weight (summed over exits), so predictors train even while lambda is small.
                 p_sg = torch.stack(
-                    [pred(zi.detach()) for pred, zi in zip(self.predictors, z, strict=True)]
-                )
+                    [self._heads(pred, zi.detach(), b)
+                     for pred, zi in zip(self.predictors, z, strict=True)]
+                )  # fmt: skip
                 loss_pred = len(self.head_depths) * cross(p_sg)
                 loss = loss + loss_pred
                 logs["loss_pred"] = loss_pred.item()

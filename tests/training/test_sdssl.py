@@ -77,3 +77,37 @@ def test_few_steps_lower_the_loss(tiny_cfg, mnist_batch, method, distill) -> Non
         model.update_teacher(0.99)
         losses.append(loss.item())
     assert losses[-1] < losses[0], losses
+
+
+def _heads_model(method: str, reference: bool):
+    from tests.conftest import TINY_CONFIG
+    from training.config import load_config
+    from training.sdssl import SDSSL
+
+    cfg = load_config(TINY_CONFIG, [f"train.method={method}", f"heads.reference_bn={reference}"])
+    return SDSSL(cfg)
+
+
+def test_mocov3_byol_heads_as_the_reference_builds_them() -> None:
+    """MoCo v3's predictor ends on affine-free BN; with reference_bn each view's BN statistics
+    come from that view only, so one view's rows do not depend on the other view."""
+    import torch
+    from torch import nn
+
+    moco = _heads_model("mocov3", True)
+    last = moco.predictors[0][-1]
+    assert isinstance(last, nn.BatchNorm1d) and not last.affine
+    assert not isinstance(_heads_model("mocov3", False).predictors[0][-1], nn.BatchNorm1d)
+    assert not isinstance(_heads_model("byol", True).predictors[0][-1], nn.BatchNorm1d)
+
+    torch.manual_seed(0)
+    x = torch.randn(16, 32)
+    other = torch.cat([x[:8], torch.randn(8, 32) * 5])  # the second view changed
+    for method, per_view in (("mocov3", True), ("byol", True), ("simclr", False)):
+        model = _heads_model(method, True).train()
+        proj = model.projectors[-1]
+        a, b = model._heads(proj, x, 8), model._heads(proj, other, 8)
+        assert torch.allclose(a[:8], b[:8]) == per_view, method
+    joint = _heads_model("mocov3", False).train()
+    a, b = joint._heads(joint.projectors[-1], x, 8), joint._heads(joint.projectors[-1], other, 8)
+    assert not torch.allclose(a[:8], b[:8])  # one batch: the views' statistics mix
