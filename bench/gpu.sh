@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One script for a lent GPU machine (<= 8 minutes): SDSSL training throughput (bf16) for the
-# default model and a ViT-S/16, and depth scaling of the torch model on the GPU. Writes
+# One script for a lent GPU machine (<= 8 minutes): SDSSL training step cost (bf16) for the
+# default model and a ViT-S/16, whole-loop throughput against the step (CPU vs device
+# augmentation), and depth scaling of the torch model on the GPU. Writes
 # bench/results/<date>-gpu.md; skips cleanly (exit 0) where there is no GPU.
 #   bash bench/gpu.sh [OUT_DIR]
 set -euo pipefail
@@ -27,6 +28,10 @@ report="$out/$(date +%Y-%m-%d)-gpu.md"
     timeout 200 "$PYTHON" -m bench.train_step --device cuda --bf16 --config configs/default.yaml --methods simclr,mocov3 --batch-size 256
     echo
     timeout 200 "$PYTHON" -m bench.train_step --device cuda --bf16 --config configs/vit_s16.yaml --methods mocov3 --batch-size 128 --repeats 5
+    echo
+    echo "## Whole training loop vs fixed-batch step, bf16 (python -m bench.train_throughput)"
+    echo
+    timeout 150 "$PYTHON" -m bench.train_throughput --device cuda --bf16 --batch-size 256 --workers 8 --steps 40
     echo
     echo "## Depth scaling of the torch model on the GPU (bf16, batch 1 and 256)"
     echo

@@ -67,6 +67,10 @@ class DataConfig:
     color_jitter: float = 0.8  # probability of colour jitter (0.4, 0.4, 0.2, 0.1)
     grayscale: float = 0.2
     num_workers: int = 0
+    # Where the two views are made: cpu (torchvision per image in the loader's workers) or
+    # device (training.device_augment: a batch at a time on the accelerator; the loader only
+    # decodes, so the images of a dataset must share one size).
+    augment_on: str = "cpu"
 
 
 @dataclass
@@ -260,6 +264,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.distill_ramp must lie in (0, 1]")
     if t.momentum is not None and not 0.0 <= t.momentum <= 1.0:
         raise ConfigError("train.momentum must lie in [0, 1]")
+    if d.augment_on not in ("cpu", "device"):
+        raise ConfigError(f"data.augment_on must be 'cpu' or 'device', got {d.augment_on!r}")
     if d.split not in ("train", "all"):
         raise ConfigError(f"data.split must be 'train' or 'all', got {d.split!r}")
     if not 0.0 < d.test_fraction < 1.0:

@@ -28,6 +28,7 @@ from training.config import (
     unused_keys,
 )
 from training.data import load_splits
+from training.device_augment import DeviceTwoViews, RawImages, collate_same_size
 from training.errors import ConfigError
 from training.schedules import distill_weight, teacher_momentum, warmup_cosine
 from training.sdssl import SDSSL
@@ -82,7 +83,12 @@ def build_loader(cfg: Config, seed: int) -> tuple[DataLoader, ResumableSampler]:
             f"dataset {cfg.data.dataset} has {len(source)} training images, fewer than "
             f"train.batch_size {cfg.train.batch_size}"
         )
-    dataset = TwoViews(source, two_view_transforms(cfg.model.img_size, cfg.data), seed)
+    if cfg.data.augment_on == "device":
+        dataset = RawImages(source, cfg.data, cfg.model.img_size, seed)
+        collate = collate_same_size
+    else:
+        dataset = TwoViews(source, two_view_transforms(cfg.model.img_size, cfg.data), seed)
+        collate = None
     sampler = ResumableSampler(
         dataset,
         num_replicas=world,
@@ -97,6 +103,8 @@ def build_loader(cfg: Config, seed: int) -> tuple[DataLoader, ResumableSampler]:
         sampler=sampler,
         drop_last=True,
         num_workers=cfg.data.num_workers,
+        collate_fn=collate,
+        pin_memory=cfg.data.augment_on == "device" and torch.cuda.is_available(),
     )
     return loader, sampler
 
@@ -155,15 +163,23 @@ def train(cfg: Config, out_dir: Path, resume: Path | None = None) -> Path:
         disable=not distributed.is_main(),
         dynamic_ncols=True,
     )
+    on_device = (
+        DeviceTwoViews(cfg.data, cfg.model.img_size) if cfg.data.augment_on == "device" else None
+    )
     started = time.time()
     model.train()
     while step < stop:
         epoch = step // steps_per_epoch
         sampler.set_epoch(epoch)
-        loader.dataset.epoch = epoch
+        loader.dataset.epoch = epoch  # both datasets seed each sample's views with it
         # Resuming inside an epoch: same order, skip the batches already done.
         sampler.skip = (step - epoch * steps_per_epoch) * per_rank
-        for v1, v2 in loader:
+        for batch in loader:
+            # cpu: (view 1, view 2); device: (raw uint8 images, view 1's and 2's random choices)
+            if on_device is not None:
+                v1, v2 = on_device(batch[0].to(device, non_blocking=True), *batch[1:])
+            else:
+                v1, v2 = batch
             lr = warmup_cosine(step, total, cfg.train.lr, cfg.train.min_lr, warmup)
             for group in optimizer.param_groups:
                 group["lr"] = lr
