@@ -27,6 +27,10 @@ report="$out/$(date +%Y-%m-%d)-gpu.md"
     echo
     timeout 200 "$PYTHON" -m bench.train_step --device cuda --bf16 --config configs/default.yaml --methods simclr,mocov3 --batch-size 256
     echo
+    echo "The same with the exits' heads stacked (heads.stacked: one batched matmul per layer):"
+    echo
+    timeout 200 "$PYTHON" -m bench.train_step --device cuda --bf16 --config configs/default.yaml --methods simclr,mocov3 --batch-size 256 --stacked-heads
+    echo
     timeout 200 "$PYTHON" -m bench.train_step --device cuda --bf16 --config configs/vit_s16.yaml --methods mocov3 --batch-size 128 --repeats 5
     echo
     echo "## Whole training loop vs fixed-batch step, bf16 (python -m bench.train_throughput)"

@@ -6,6 +6,7 @@ The last line is the headline: SDSSL/baseline step time of the last method liste
 the config's method; target <= 1.5).
 
     python -m bench.train_step [--config configs/default.yaml] [--methods simclr,byol,mocov3]
+                               [--stacked-heads] [--device cuda --bf16]
 """
 
 from __future__ import annotations
@@ -64,8 +65,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the config's")
+    parser.add_argument("--stacked-heads", action="store_true",
+                        help="the exits' heads as batched matmuls (heads.stacked)")  # fmt: skip
     args = parser.parse_args()
     cfg = load_config(args.config)
+    cfg.heads.stacked = args.stacked_heads
     if args.batch_size:
         cfg.train.batch_size = args.batch_size
     device = torch.device(args.device)
@@ -83,7 +87,7 @@ def main() -> None:
         f"model dim {cfg.model.embed_dim} depth {cfg.model.depth} img {cfg.model.img_size} "
         f"patch {cfg.model.patch_size}; batch {batch} x 2 views; "
         f"{where}"
-        f"{', bf16' if args.bf16 else ''}"
+        f"{', bf16' if args.bf16 else ''}{', stacked heads' if args.stacked_heads else ''}"
     )
     print("| method | baseline img/s | SDSSL img/s | SDSSL/baseline step time |")
     print("|---|---:|---:|---:|")

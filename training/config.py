@@ -49,6 +49,10 @@ class HeadsConfig:
     # False: both views as one batch and no such BN (this repository's behaviour before).
     # SimCLR always batches both views together, as SimCLR does.
     reference_bn: bool = True
+    # Run the intermediate projectors and the predictors as batched matmuls (one kernel per
+    # layer for all exits: training.stacked_heads) — for GPUs, where a dozen small MLPs are
+    # launch-bound. Same maths; checkpoints of the two layouts do not load into each other.
+    stacked: bool = False
 
 
 @dataclass

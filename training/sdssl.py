@@ -19,6 +19,7 @@ from training.exits import exit_features
 from training.heads import build_predictor, build_projector
 from training.losses import byol_loss, info_nce, nt_xent
 from training.methods import get_method
+from training.stacked_heads import StackedMLP
 
 
 class SDSSL(nn.Module):
@@ -35,6 +36,14 @@ class SDSSL(nn.Module):
         self.backbone = build_backbone(cfg.model)
         # Exit depths that carry heads: every depth with distillation, else only the last.
         self.head_depths = list(range(1, depth + 1)) if cfg.train.distill else [depth]
+        stacked = heads.stacked and len(self.head_depths) > 1
+        # The intermediate projectors (and every predictor) as one StackedMLP when stacked; the
+        # final projector stays separate (its own width, and the teacher copies it).
+        self.mid_projectors = (
+            StackedMLP(len(self.head_depths) - 1, 3, dim, heads.mid_proj_hidden_dim,
+                       heads.out_dim, self.method.projector_last_bn)
+            if stacked else None
+        )  # fmt: skip
         self.projectors = nn.ModuleList(
             build_projector(
                 dim,
@@ -42,16 +51,17 @@ class SDSSL(nn.Module):
                 heads.out_dim,
                 self.method.projector_last_bn,
             )
-            for d in self.head_depths
+            for d in (self.head_depths[-1:] if stacked else self.head_depths)
         )
-        self.predictors = (
-            nn.ModuleList(
-                build_predictor(heads.out_dim, heads.pred_hidden_dim, pred_last_bn)
-                for _ in self.head_depths
-            )
-            if self.method.predictor
-            else None
-        )
+        self.predictors: nn.Module | None = None
+        if self.method.predictor:
+            self.predictors = (
+                StackedMLP(len(self.head_depths), 2, heads.out_dim, heads.pred_hidden_dim,
+                           heads.out_dim, pred_last_bn)
+                if stacked else
+                nn.ModuleList(build_predictor(heads.out_dim, heads.pred_hidden_dim, pred_last_bn)
+                              for _ in self.head_depths)
+            )  # fmt: skip
         self.teacher: nn.ModuleDict | None = None
         if self.method.momentum_teacher:
             self.teacher = nn.ModuleDict(
@@ -74,8 +84,12 @@ class SDSSL(nn.Module):
         b = view1.shape[0]
         images = torch.cat([view1, view2])
         feats = exit_features(self.backbone, images, self.head_depths)  # [H, 2B, D]
-        z = torch.stack([self._heads(proj, f, b) for proj, f in zip(self.projectors, feats,
-                                                                     strict=True)])  # fmt: skip
+        if self.mid_projectors is not None:
+            last = self._heads(self.projectors[-1], feats[-1], b)
+            z = torch.cat([self._heads(self.mid_projectors, feats[:-1], b), last[None]])
+        else:
+            z = torch.stack([self._heads(proj, f, b) for proj, f in zip(self.projectors, feats,
+                                                                         strict=True)])  # fmt: skip
         if self.method.momentum_teacher:
             return self._teacher_loss(images, z, b, distill_weight)
         return self._in_batch_loss(z, distill_weight)
@@ -85,7 +99,16 @@ class SDSSL(nn.Module):
         statistics from that view only, as MoCo v3's and BYOL's reference code runs them)."""
         if not self.per_view:
             return head(x)
-        return torch.cat([head(x[:b]), head(x[b:])])
+        return torch.cat([head(x[..., :b, :]), head(x[..., b:, :])], dim=-2)
+
+    def _predict(self, z: torch.Tensor, b: int) -> torch.Tensor:
+        """Every exit's predictor on its projections ``[H, 2B, C]``."""
+        assert self.predictors is not None
+        if isinstance(self.predictors, StackedMLP):
+            return self._heads(self.predictors, z, b)
+        return torch.stack(
+            [self._heads(pred, zi, b) for pred, zi in zip(self.predictors, z, strict=True)]
+        )
 
     def _in_batch_loss(self, z: torch.Tensor, lam: float) -> tuple[torch.Tensor, dict[str, float]]:
         """SimCLR: both views' final projections are the keys, negatives gathered across ranks."""
@@ -119,9 +142,7 @@ class SDSSL(nn.Module):
             t_feat = exit_features(self.teacher["backbone"], images, [depth])[0]
             target = self._heads(self.teacher["projector"], t_feat, b)
         t1, t2 = target[:b], target[b:]
-        p = torch.stack(
-            [self._heads(pred, zi, b) for pred, zi in zip(self.predictors, z, strict=True)]
-        )
+        p = self._predict(z, b)
 
         def cross(pred: torch.Tensor) -> torch.Tensor:  # view-1 rows -> t2, view-2 rows -> t1
             return self._pair_loss(pred[..., :b, :], t2) + self._pair_loss(pred[..., b:, :], t1)
@@ -136,10 +157,7 @@ class SDSSL(nn.Module):
             if self.cfg.train.predictor_term:
                 # SDSSL's predictor term: every predictor on stop-gradient projections, at full
                 # weight (summed over exits), so predictors train even while lambda is small.
-                p_sg = torch.stack(
-                    [self._heads(pred, zi.detach(), b)
-                     for pred, zi in zip(self.predictors, z, strict=True)]
-                )  # fmt: skip
+                p_sg = self._predict(z.detach(), b)
                 loss_pred = len(self.head_depths) * cross(p_sg)
                 loss = loss + loss_pred
                 logs["loss_pred"] = loss_pred.item()
