@@ -43,6 +43,7 @@ RUN pip install --no-cache-dir -r /tmp/requirements.txt
 FROM deps-cpu AS cpu
 COPY export/__init__.py export/manifest.py /app/export/
 COPY service /app/service
+COPY client/sdssl_client /app/sdssl_client
 COPY scripts/common.bash scripts/reindex.sh scripts/reload.sh scripts/rollout.sh /app/scripts/
 USER 10001:10001
 EXPOSE 8000
@@ -56,6 +57,7 @@ FROM deps-gpu AS gpu
 ENV SDSSL_DEVICE=auto
 COPY export/__init__.py export/manifest.py /app/export/
 COPY service /app/service
+COPY client/sdssl_client /app/sdssl_client
 COPY scripts/common.bash scripts/reindex.sh scripts/reload.sh scripts/rollout.sh /app/scripts/
 USER 10001:10001
 EXPOSE 8000

@@ -29,27 +29,5 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-# Python's standard library only: works on the host and in the serving image (no curl there).
-exec "$PYTHON" - "$url" "$bundle" "$key" <<'PY'
-import json, sys, urllib.error, urllib.request
-
-url, bundle, key = sys.argv[1].rstrip("/"), sys.argv[2], sys.argv[3]
-req = urllib.request.Request(
-    f"{url}/v1/admin/reload",
-    data=json.dumps({"bundle": bundle}).encode(),
-    headers={"Content-Type": "application/json", **({"X-API-Key": key} if key else {})},
-    method="POST",
-)
-try:
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        body = json.load(resp)
-except urllib.error.HTTPError as exc:
-    reason = json.load(exc).get("error", {}).get("message", exc.reason)
-    print(f"error: reload failed ({exc.code}): {reason}", file=sys.stderr)
-    sys.exit(1)
-except urllib.error.URLError as exc:
-    print(f"error: cannot reach {url}: {exc.reason}", file=sys.stderr)
-    sys.exit(1)
-n = body["items"]
-print(f"now serving {body['model']} (was {body['previous']}); {n} item{'s' * (n != 1)} indexed")
-PY
+# The Python client (client/: installed in .venv, copied into the serving image).
+exec "$PYTHON" -m sdssl_client --url "$url" ${key:+--api-key "$key"} reload "$bundle"

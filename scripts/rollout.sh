@@ -77,48 +77,9 @@ else  # the serving image has the manifest checks only: every file's hash
     "$PYTHON" -c 'import sys; from pathlib import Path; from export.manifest import load_verified
 load_verified(Path(sys.argv[1])); print("bundle intact")' "$bundle" >&2
 fi
-echo "== 4/5 roll out to $url" >&2
-
-# Python's standard library only: works on the host and in the serving image (no curl there).
-exec "$PYTHON" - "$url" "${server_bundle:-$bundle}" "$key" "$batch" "$pause" "$swap" <<'PY'
-import json, sys, time, urllib.error, urllib.request
-
-url, bundle, key, batch, pause, swap = sys.argv[1:]
-url = url.rstrip("/")
-headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
-
-
-def call(method, path, body=None):
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return json.load(resp)
-    except urllib.error.HTTPError as exc:
-        reason = json.load(exc).get("error", {}).get("message", exc.reason)
-        sys.exit(f"error: {method} {path} failed ({exc.code}): {reason}")
-    except urllib.error.URLError as exc:
-        sys.exit(f"error: cannot reach {url}: {exc.reason}")
-
-
-job = call("POST", "/v1/admin/rollout", {"bundle": bundle, "batch": int(batch),
-                                         "pause_ms": float(pause), "swap": swap == "true"})
-print(f"== 5/5 job {job['id']}: GET {url}/v1/admin/jobs/{job['id']}", file=sys.stderr)
-goal = "swapped" if swap == "true" else "ready"
-while job["state"] not in (goal, "failed", "cancelled", "swapped"):
-    time.sleep(0.5)
-    job = call("GET", f"/v1/admin/jobs/{job['id']}")
-    filled = int(30 * job["progress"])
-    rate = f"{job['items_per_s']:.0f} items/s" if job["items_per_s"] else ""
-    print(f"\r{job['state']:<8} [{'#' * filled}{'.' * (30 - filled)}] {job['done']}/"
-          f"{job['total']} {rate}   ", end="", file=sys.stderr, flush=True)
-print(file=sys.stderr)
-if job["state"] in ("failed", "cancelled"):
-    sys.exit(f"error: rollout {job['state']}: {job['error'] or 'cancelled'} (the old bundle serves)")
-print(f"{job['state']}: {job['target']} ({job['copied']} re-embedded, {job['mirrored']} written "
-      f"during the job)")
-if job["missing_count"]:
-    shown = ", ".join(job["missing"][:20])
-    print(f"{job['missing_count']} items had no kept input; re-upload them: {shown}"
-          f"{' ...' if job['missing_count'] > 20 else ''}")
-PY
+echo "== 4/5 roll out to $url, 5/5 follow the job" >&2
+opts=(--batch "$batch" --pause-ms "$pause")
+[[ "$swap" == true ]] || opts+=(--no-swap)
+# The Python client (client/: installed in .venv, copied into the serving image).
+exec "$PYTHON" -m sdssl_client --url "$url" ${key:+--api-key "$key"} rollout \
+    "${server_bundle:-$bundle}" "${opts[@]}"
