@@ -381,21 +381,31 @@ class Rollouts:
 
     # ---- what serves after a restart -----------------------------------------------------------
     def record_serving(self, rollout: Rollout) -> None:
+        """Note the swap in ``serving.json``: the bundle now served and every bundle it replaced
+        (a chain of rollouts with SDSSL_BUNDLE never updated still lands on the newest)."""
+        record = self.settings.data_dir / SERVING
+        earlier: list[str] = []
+        try:
+            old = json.loads(record.read_text())
+            if old.get("bundle_id") == rollout.job.source:
+                earlier = list(old.get("replaces", []))
+        except (OSError, ValueError, AttributeError):
+            pass
         info = {"bundle": rollout.job.bundle, "bundle_id": rollout.job.target,
-                "replaces": rollout.job.source, "replaces_bundle": str(rollout.source.bundle),
-                "job": rollout.job.id, "at": time.time()}  # fmt: skip
-        fsync_write(self.settings.data_dir / SERVING, json.dumps(info).encode())
+                "replaces": [rollout.job.source, *earlier], "job": rollout.job.id,
+                "at": time.time()}  # fmt: skip
+        fsync_write(record, json.dumps(info).encode())
 
 
 def bundle_to_serve(settings: Settings) -> Path:
-    """``settings.bundle``, unless a rollout moved serving from it to another bundle (then that
+    """``settings.bundle``, unless rollouts moved serving from it to another bundle (then that
     one: its index holds the writes made since, which the old one lacks)."""
     record = settings.data_dir / SERVING
     if not record.is_file():
         return settings.bundle
     try:
         info = json.loads(record.read_text())
-        if info.get("replaces") != bundle_id(settings.bundle):
+        if bundle_id(settings.bundle) not in info.get("replaces", []):
             return settings.bundle
         moved = Path(info["bundle"])
         if bundle_id(moved) != info.get("bundle_id"):

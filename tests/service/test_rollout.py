@@ -183,3 +183,20 @@ def test_rollout_under_load_survives_kill9_and_loses_nothing(
         assert old.ids() - {"old-0", "old-1", "old-2"} <= expected
     finally:
         old.close()
+
+
+def test_a_restart_follows_a_chain_of_rollouts(tiny_bundle, tiny_bundle_b, tmp_path) -> None:
+    """A → X → B by two rollouts, SDSSL_BUNDLE still A: the restart serves B; named B or
+    another bundle, the setting wins."""
+    from export.manifest import bundle_id
+    from service.rollout import SERVING, bundle_to_serve
+    from service.settings import Settings
+
+    record = {"bundle": str(tiny_bundle_b), "bundle_id": bundle_id(tiny_bundle_b),
+              "replaces": ["x" * 64, bundle_id(tiny_bundle)], "job": "j"}  # fmt: skip
+    (tmp_path / SERVING).write_text(json.dumps(record))
+    assert bundle_to_serve(Settings(bundle=tiny_bundle, data_dir=tmp_path)) == tiny_bundle_b
+    assert bundle_to_serve(Settings(bundle=tiny_bundle_b, data_dir=tmp_path)) == tiny_bundle_b
+    record["replaces"] = ["x" * 64]
+    (tmp_path / SERVING).write_text(json.dumps(record))
+    assert bundle_to_serve(Settings(bundle=tiny_bundle, data_dir=tmp_path)) == tiny_bundle
