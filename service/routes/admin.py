@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -190,12 +191,7 @@ async def get_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dic
     summary="Serve a rollout's bundle now that its indexes are complete (state ready)",
 )
 async def swap_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dict:
-    rollout = _active(rollouts, job_id)
-    try:
-        await rollout.swap()
-    except RolloutError as exc:
-        raise APIError(409, "not_ready", str(exc)) from exc
-    return rollout.job.public()
+    return await _act(rollouts, job_id, Rollout.swap, "not_ready")
 
 
 @router.post(
@@ -205,11 +201,19 @@ async def swap_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> di
     summary="Stop a rollout; the served bundle is untouched (a later rollout starts afresh)",
 )
 async def cancel_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dict:
+    return await _act(rollouts, job_id, Rollout.cancel, "not_active")
+
+
+async def _act(
+    rollouts: Rollouts, job_id: str, action: Callable[[Rollout], Awaitable[None]], code: str
+) -> dict:
+    """Run ``action`` on the running rollout ``job_id``: 404 unknown, 409 not running or
+    refused."""
     rollout = _active(rollouts, job_id)
     try:
-        await rollout.cancel()
+        await action(rollout)
     except RolloutError as exc:
-        raise APIError(409, "not_active", str(exc)) from exc
+        raise APIError(409, code, str(exc)) from exc
     return rollout.job.public()
 
 
