@@ -206,28 +206,28 @@ def test_swap_on_request_and_cancel(tiny_bundle, tiny_bundle_b, tmp_path) -> Non
     from export.manifest import bundle_id
 
     a_id, b_id = bundle_id(tiny_bundle), bundle_id(tiny_bundle_b)
-    with Server(tiny_bundle, tmp_path / "data", tmp_path / "log", api_key=KEY) as s:
-        with s.client() as c:
-            add(c, [f"i-{n}" for n in range(20)], first=0)
-            # Cancelled mid-copy: the old bundle serves on, and a reload is possible again.
-            body = {"bundle": str(tiny_bundle_b), "batch": 1, "pause_ms": 200}
-            job = c.post("/v1/admin/rollout", headers=ADMIN, json=body).json()
-            wait_for(c, job["id"], lambda j: j["state"] == "copying")
-            r = c.post(f"/v1/admin/jobs/{job['id']}/cancel", headers=ADMIN)
-            assert r.status_code == 200 and r.json()["state"] == "cancelled"
-            assert c.post(f"/v1/admin/jobs/{job['id']}/swap", headers=ADMIN).status_code == 409
-            assert c.get("/v1/admin/jobs/0123456789abcdef", headers=ADMIN).status_code == 404
-            assert c.get("/v1/model").json()["model"] == a_id
-            # swap: false waits at ready, writes still reaching both, until asked.
-            body = {"bundle": str(tiny_bundle_b), "swap": False}
-            job = c.post("/v1/admin/rollout", headers=ADMIN, json=body).json()
-            wait_for(c, job["id"], lambda j: j["state"] == "ready")
-            add(c, ["late"], first=300)
-            assert c.get("/v1/model").json()["model"] == a_id
-            r = c.post(f"/v1/admin/jobs/{job['id']}/swap", headers=ADMIN)
-            assert r.status_code == 200 and r.json()["state"] == "swapped"
-            assert c.get("/v1/model").json()["model"] == b_id
-            assert c.get("/v1/items", params={"limit": 0}).json()["count"] == 21
-            assert c.get("/v1/items/late").status_code == 200
-            jobs = c.get("/v1/admin/jobs", headers=ADMIN).json()["jobs"]
-            assert [j["state"] for j in jobs] == ["swapped", "cancelled"]
+    server = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", api_key=KEY)
+    with server as s, s.client() as c:
+        add(c, [f"i-{n}" for n in range(20)], first=0)
+        # Cancelled mid-copy: the old bundle serves on, and a reload is possible again.
+        body = {"bundle": str(tiny_bundle_b), "batch": 1, "pause_ms": 200}
+        job = c.post("/v1/admin/rollout", headers=ADMIN, json=body).json()
+        wait_for(c, job["id"], lambda j: j["state"] == "copying")
+        r = c.post(f"/v1/admin/jobs/{job['id']}/cancel", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["state"] == "cancelled"
+        assert c.post(f"/v1/admin/jobs/{job['id']}/swap", headers=ADMIN).status_code == 409
+        assert c.get("/v1/admin/jobs/0123456789abcdef", headers=ADMIN).status_code == 404
+        assert c.get("/v1/model").json()["model"] == a_id
+        # swap: false waits at ready, writes still reaching both, until asked.
+        body = {"bundle": str(tiny_bundle_b), "swap": False}
+        job = c.post("/v1/admin/rollout", headers=ADMIN, json=body).json()
+        wait_for(c, job["id"], lambda j: j["state"] == "ready")
+        add(c, ["late"], first=300)
+        assert c.get("/v1/model").json()["model"] == a_id
+        r = c.post(f"/v1/admin/jobs/{job['id']}/swap", headers=ADMIN)
+        assert r.status_code == 200 and r.json()["state"] == "swapped"
+        assert c.get("/v1/model").json()["model"] == b_id
+        assert c.get("/v1/items", params={"limit": 0}).json()["count"] == 21
+        assert c.get("/v1/items/late").status_code == 200
+        jobs = c.get("/v1/admin/jobs", headers=ADMIN).json()["jobs"]
+        assert [j["state"] for j in jobs] == ["swapped", "cancelled"]
