@@ -168,8 +168,11 @@ async function loadModel() {
 }
 
 async function loadGallery() {
-  const page = await (await api("v1/items?limit=48")).json();
-  $("gallery").replaceChildren(...page.items.map((item) => {
+  // Up to 48 items spread over the first thousand (galleries are often added label by label).
+  const page = await (await api("v1/items?limit=1000")).json();
+  const step = Math.max(1, page.items.length / 48);
+  const shown = Array.from({ length: Math.min(48, page.items.length) }, (_, k) => page.items[Math.floor(k * step)]);
+  $("gallery").replaceChildren(...shown.map((item) => {
     const div = tile("thumb", item.id, []);
     div.title = `${item.id} (${label(item)})`;
     div.addEventListener("click", async () => {
@@ -179,7 +182,7 @@ async function loadGallery() {
     });
     return div;
   }));
-  const first = page.items.find((i) => i.id) ;
+  const first = shown[0];
   if (first && !state.query) {
     try { setQuery(await (await api(`v1/items/${encodeURIComponent(first.id)}/input`)).blob()); } catch (_) { /* no kept input */ }
   }
