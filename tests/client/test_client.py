@@ -161,3 +161,30 @@ def test_async_client(server) -> None:
                 await c.get("a-1")
 
     asyncio.run(main())
+
+
+def test_rollout_wait_and_ready(tiny_bundle, tiny_bundle_b, tmp_path) -> None:
+    from export.manifest import bundle_id
+
+    s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", api_key=KEY).start()
+    try:
+        with Client(s.url, api_key=KEY) as c:
+            assert c.ready()
+            c.add([digit_png(i) for i in range(5)], [f"r-{i}" for i in range(5)])
+            job = c.rollout(str(tiny_bundle_b), batch=2)
+            done = c.wait(job["id"], progress=False, poll_s=0.1)
+            assert done["state"] == "swapped" and done["copied"] == 5
+            assert c.job(job["id"])["state"] == "swapped"
+            assert c.model()["model"] == bundle_id(tiny_bundle_b)
+            with pytest.raises(Conflict):
+                c.rollout(str(tiny_bundle_b))  # already serving it
+
+            async def status() -> str:
+                async with AsyncClient(s.url, api_key=KEY) as ac:
+                    return (await ac.job(job["id"]))["state"]
+
+            assert asyncio.run(status()) == "swapped"
+        with Client("http://127.0.0.1:9", retries=0) as gone:
+            assert not gone.ready()
+    finally:
+        s.stop()
