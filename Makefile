@@ -150,7 +150,19 @@ lock: $(STAMP) ## regenerate docker/requirements-*.txt from the versions in .ven
 compare: setup ## baseline vs SDSSL for METHOD over SEEDS (writes docs/results/)
 	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS)
 
-bench: setup $(DEFAULT_BUNDLE)/manifest.json ## run every benchmark; writes bench/results/<date>-<machine>.md
+# The server benchmark measures per-request overhead with wrk (a C load generator).
+$(VENV)/.wrk: | $(STAMP)
+	@if ! command -v wrk >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "installing wrk (bench.server_efficiency)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; \
+		else \
+			echo "note: no wrk and no root to install it: the overhead row of the bench is skipped" >&2; \
+		fi; \
+	fi
+	@touch $@
+
+bench: setup $(VENV)/.wrk $(DEFAULT_BUNDLE)/manifest.json ## run every benchmark; writes bench/results/<date>-<machine>.md
 	$(BIN)/python -m bench.report
 
 clean: ## remove caches and run outputs (keeps .venv and models/)
