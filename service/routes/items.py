@@ -145,7 +145,7 @@ async def add_items(
         metrics,
     )  # fmt: skip
     vectors = served.output.transpose(1, 0, 2)  # [L, N, D] -> [N, L, D]
-    # During a rollout the new bundle embeds the same inputs, outside the rollout's lock.
+    # During a rollout the new bundle embeds the same inputs, outside the write lock.
     mirror_vectors = await rollout.embed(pngs) if rollout and pngs and rollout.target else None
     async with mirrored(runtime) as mirror:
         replaced = await asyncio.to_thread(
@@ -209,7 +209,7 @@ def _cursor(cursor: str | None) -> int:
         return 0
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text.startswith("n") and text[1:].isdigit():
+        if text.startswith("n") and text[1:].isdigit() and len(text) <= 19:  # SQLite's 64 bits
             return int(text[1:])
     except (ValueError, UnicodeDecodeError):
         pass

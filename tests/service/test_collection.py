@@ -107,8 +107,10 @@ def test_listing_counts_and_scrolls_every_item_once_under_adds(coll) -> None:
             t.join()
         assert len(seen) == len(set(seen))  # once each
         assert {f"item-{i:03d}" for i in range(N)} <= set(seen)  # none skipped
-        r = c.get("/v1/items", params={"cursor": "bogus!"}, headers=READER)
-        assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor"
+        too_big = base64.urlsafe_b64encode(b"n" + b"9" * 40).decode()  # past SQLite's integers
+        for bad in ("bogus!", too_big):
+            r = c.get("/v1/items", params={"cursor": bad}, headers=READER)
+            assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_cursor"
 
 
 @pytest.mark.parametrize(
