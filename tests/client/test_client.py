@@ -114,7 +114,9 @@ def test_retries_honour_retry_after(tiny_bundle, tmp_path) -> None:
     503 + Retry-After; with retries every request succeeds, without them Unavailable is raised."""
     s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", max_request_pixels=3_000_000,
                decode_queue_pixels=3_000_000).start()  # fmt: skip
-    big = Image.fromarray(np.random.default_rng(0).integers(0, 255, (1700, 1700, 3), np.uint8))
+    # Blank: a small body that decodes as slowly as any image of its pixels, so the six
+    # requests arrive together and overlap in decoding.
+    big = Image.fromarray(np.zeros((1700, 1700, 3), np.uint8))
     buf = io.BytesIO()
     big.save(buf, "PNG")
     image = buf.getvalue()
