@@ -86,6 +86,15 @@ def test_scripts_run_inside_the_container_as_its_user(cpu_server, shared) -> Non
         assert r.json()["results"][0]["id"] == "digit-005"
     res = box.exec("scripts/reload.sh", "/bundles/tiny", "--api-key", "wrong")
     assert res.returncode == 1 and "invalid API key" in res.stderr  # the server's reason
+    # And back by a rollout: the server re-embeds the 24 kept inputs with the first bundle.
+    res = box.exec("scripts/rollout.sh", "--bundle", "/bundles/tiny", env={"SDSSL_API_KEY": KEY})
+    tiny = bundle_id(shared / "bundles" / "tiny")
+    assert res.returncode == 0 and f"swapped: {tiny} (24 re-embedded" in res.stdout, (
+        res.stdout + res.stderr
+    )
+    with httpx.Client(base_url=url, timeout=60) as c:
+        assert c.get("/readyz").json()["model"] == tiny
+        assert c.get("/v1/items", params={"limit": 0}).json()["count"] == 24
 
 
 def test_gpu_image_carries_code_for_sm80_and_sm90(serve_gpu) -> None:
