@@ -4,6 +4,7 @@ depth the scheduler's (:mod:`service.inference`)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import Awaitable
@@ -26,6 +27,7 @@ from service.settings import Settings
 
 T = TypeVar("T")
 MULTIPART = "multipart/form-data"
+INLINE_JSON_BYTES = 256 * 1024  # larger JSON bodies are parsed on a worker thread
 JSON = "application/json"
 
 
@@ -59,25 +61,31 @@ async def read_payload(request: Request, settings: Settings, image_field: str) -
                     payload.fields[key] = value
         return payload
     if ctype == JSON:
-        body = loads_strict(await request.body())
-        if not isinstance(body, dict):
-            raise APIError(422, "invalid_request", "JSON body must be an object")
-        raw = body.pop(image_field, None)
-        items = raw if isinstance(raw, list) else ([] if raw is None else [raw])
-        for i, item in enumerate(items):
-            if not isinstance(item, str):
-                raise APIError(
-                    422, "invalid_request", f"{image_field}[{i}] must be a base64 string"
-                )
-            try:
-                payload.images.append(base64.b64decode(item, validate=True))
-            except (binascii.Error, ValueError) as exc:
-                raise APIError(422, "invalid_base64", f"{image_field}[{i}] is not base64") from exc
-        payload.fields = body
-        return payload
+        raw_body = await request.body()
+        if len(raw_body) > INLINE_JSON_BYTES:  # parsing and base64 of megabytes: off the loop
+            return await asyncio.to_thread(_json_payload, raw_body, image_field, payload)
+        return _json_payload(raw_body, image_field, payload)
     raise APIError(
         415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {ctype or 'nothing'}"
     )
+
+
+def _json_payload(raw_body: bytes, image_field: str, payload: Payload) -> Payload:
+    """A JSON body: strict JSON, images as base64 strings under ``image_field``."""
+    body = loads_strict(raw_body)
+    if not isinstance(body, dict):
+        raise APIError(422, "invalid_request", "JSON body must be an object")
+    raw = body.pop(image_field, None)
+    items = raw if isinstance(raw, list) else ([] if raw is None else [raw])
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise APIError(422, "invalid_request", f"{image_field}[{i}] must be a base64 string")
+        try:
+            payload.images.append(base64.b64decode(item, validate=True))
+        except (binascii.Error, ValueError) as exc:
+            raise APIError(422, "invalid_base64", f"{image_field}[{i}] is not base64") from exc
+    payload.fields = body
+    return payload
 
 
 def fields(request: Request, payload: Payload) -> dict[str, Any]:

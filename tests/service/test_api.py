@@ -148,3 +148,19 @@ def test_every_api_route_documents_examples(client) -> None:
             if not binary and not _has_example(ok, schemas):
                 missing.append(f"{where}: response")
     assert not missing, missing
+
+
+def test_large_json_bodies_parse_off_the_loop_with_the_same_answers(client) -> None:
+    """Bodies over 256 KiB are parsed on a worker thread: same embeddings, same errors."""
+    big = png(420, 420, seed=3)  # ~530 KB of PNG, ~700 KB as base64
+    assert len(base64.b64encode(big)) > 256 * 1024
+    by_json = client.post("/v1/embeddings", json={"images": [base64.b64encode(big).decode()]},
+                          params={"exit_depth": 3})  # fmt: skip
+    by_form = client.post("/v1/embeddings", files=files(big), data={"exit_depth": "3"})
+    assert by_json.status_code == 200, by_json.text
+    assert np.allclose(by_json.json()["embeddings"], by_form.json()["embeddings"], atol=1e-6)
+    nested = b'{"images": [], "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    r = client.post("/v1/embeddings", content=nested, headers={"Content-Type": "application/json"})
+    assert r.status_code in (400, 422) and "error" in r.json()
+    r = client.post("/v1/embeddings", json={"images": ["!" * 300_000]})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "invalid_base64"
