@@ -113,7 +113,7 @@ def bench_snapshot(n: int, work: Path) -> dict:
                    [pngs[(start + j) % len(pngs)] for j in range(k)])  # fmt: skip
     fill = time.perf_counter() - started
     try:
-        made = snapshots.create(folder, bid, work / "snapshots")
+        made = snapshots.create({bid: folder}, work / "snapshots", bid[:12])
     finally:
         idx.close()
     restored = work / "restored"

@@ -1,8 +1,8 @@
 """``python -m service.restore``: put a snapshot (POST /v1/admin/snapshot) back into a data dir.
 
-The bundle's folder must not be written by a server at that moment (its writer lock says so) and
-must hold no items unless ``--force``; FAISS indexes are rebuilt from the restored SQLite when
-the server next opens the folder.
+Each bundle's folder must not be written by a server at that moment (its writer lock says so)
+and must hold no items unless ``--force`` — all are checked before any is replaced; FAISS indexes
+are rebuilt from the restored SQLite when the server next opens a folder.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     except (SnapshotError, WriterLockHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"restored {done.items} items of bundle {done.bundle_id[:12]} into {done.path} "
-          f"in {done.seconds:.1f} s")  # fmt: skip
+    for bid, items in done.bundles.items():
+        print(f"restored {items} items of bundle {bid[:12]} into {done.path / bid}")
+    print(f"{len(done.bundles)} bundle(s) in {done.seconds:.1f} s")
     return 0
 
 

@@ -219,6 +219,7 @@ class SnapshotOut(BaseModel):
                 {
                     "name": "9d2f0c1e7a3b-20261202T061500Z.tar",
                     "model": "9d2f…",
+                    "bundles": {"9d2f…": 100000},
                     "items": 100000,
                     "bytes": 641728512,
                     "seconds": 4.2,
@@ -227,8 +228,9 @@ class SnapshotOut(BaseModel):
         }
     )
     name: str = Field(description="download it from /v1/admin/snapshots/{name}")
-    model: str
-    items: int
+    model: str = Field(description="the bundle served when it was taken")
+    bundles: dict[str, int] = Field(description="items per bundle id in the snapshot")
+    items: int = Field(description="items in the snapshot, all bundles together")
     bytes: int
     seconds: float
 

@@ -8,8 +8,9 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
@@ -32,7 +33,7 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["admin"])
-SNAPSHOT_NAME = re.compile(r"^[0-9a-f]{12}-\d{8}T\d{6}Z\.tar$")
+SNAPSHOT_NAME = re.compile(r"^([0-9a-f]{12}|all)-\d{8}T\d{6}Z\.tar$")
 log = logging.getLogger(__name__)
 
 
@@ -97,17 +98,30 @@ async def reload(
     "/v1/admin/snapshot",
     response_model=SnapshotOut,
     responses=ERRORS,
-    summary="Write a consistent snapshot of the served bundle's items (one tar file)",
-    description="SQLite's `VACUUM INTO` on a connection of its own: writers are not blocked and "
-    "the snapshot holds every item acknowledged before this request. Download it from "
-    "`GET /v1/admin/snapshots/{name}`; restore with `python -m service.restore FILE`.",
+    summary="Write a consistent snapshot of the served bundle's items, or of every bundle's",
+    description="SQLite's `VACUUM INTO` on a connection of its own per bundle (items, vectors, "
+    "kept inputs): writers are not blocked and each bundle's copy holds every item acknowledged "
+    "before this request. `all=true`: every bundle folder of the data dir (during a rollout, "
+    "both). Download it from `GET /v1/admin/snapshots/{name}`; restore with "
+    "`python -m service.restore FILE`.",
 )
-async def snapshot(_: AuthDep, runtime: RuntimeDep, settings: SettingsDep) -> dict:
+async def snapshot(
+    _: AuthDep,
+    runtime: RuntimeDep,
+    settings: SettingsDep,
+    every: Annotated[bool, Query(alias="all", description="every bundle of the data dir")] = False,
+) -> dict:
+    if every:
+        folders = await asyncio.to_thread(snapshots.bundle_folders, settings.data_dir)
+    else:
+        folders = {runtime.bundle_id: runtime.index.root}
+    label = "all" if every else runtime.bundle_id[:12]
     made = await asyncio.to_thread(
-        snapshots.create, runtime.index.root, runtime.bundle_id, settings.data_dir / "snapshots"
+        snapshots.create, folders, settings.data_dir / "snapshots", label
     )
-    return {"name": made.path.name, "model": made.bundle_id, "items": made.items,
-            "bytes": made.bytes, "seconds": round(made.seconds, 3)}  # fmt: skip
+    return {"name": made.path.name, "model": runtime.bundle_id, "bundles": made.bundles,
+            "items": made.items, "bytes": made.bytes,
+            "seconds": round(made.seconds, 3)}  # fmt: skip
 
 
 @router.get(

@@ -259,3 +259,31 @@ def test_snapshot_under_writes_restores_every_acknowledged_item(tiny_bundle, tmp
     again = subprocess.run([sys.executable, "-m", "service.restore", str(file), "--data-dir",
                             str(restored)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert again.returncode == 2 and "already holds" in again.stderr
+
+
+def test_restore_refuses_what_is_not_a_snapshot(tmp_path) -> None:
+    import tarfile
+
+    from service.snapshots import SnapshotError, restore
+
+    cases = {
+        "not-a-tar.tar": None,
+        "escape.tar": {"snapshot.json": b'{"format": 2, "bundles": {"../x": 1}}',
+                       "../x/items.sqlite": b"x"},
+        "unlisted.tar": {"snapshot.json": b'{"format": 2, "bundles": {}}', "extra": b"x"},
+        "not-sqlite.tar": {"snapshot.json": b'{"format": 2, "bundles": {"' + b"a" * 64 + b'": 1}}',
+                           "a" * 64 + "/items.sqlite": b"not a database"},
+    }  # fmt: skip
+    for name, files in cases.items():
+        path = tmp_path / name
+        if files is None:
+            path.write_bytes(b"plain bytes")
+        else:
+            with tarfile.open(path, "w") as tar:
+                for member, data in files.items():
+                    info = tarfile.TarInfo(member)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        with pytest.raises(SnapshotError):
+            restore(path, tmp_path / "data")
+    assert not (tmp_path / "x").exists()

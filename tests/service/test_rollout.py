@@ -231,3 +231,14 @@ def test_swap_on_request_and_cancel(tiny_bundle, tiny_bundle_b, tmp_path) -> Non
         assert c.get("/v1/items/late").status_code == 200
         jobs = c.get("/v1/admin/jobs", headers=ADMIN).json()["jobs"]
         assert [j["state"] for j in jobs] == ["swapped", "cancelled"]
+        # A snapshot of every bundle of the data dir: both, restorable together.
+        snap = c.post("/v1/admin/snapshot", params={"all": "true"}, headers=ADMIN).json()
+        assert snap["name"].startswith("all-") and snap["bundles"][b_id] == 21
+        assert set(snap["bundles"]) == {a_id, b_id} and snap["bundles"][a_id] >= 20
+        tar = c.get(f"/v1/admin/snapshots/{snap['name']}", headers=ADMIN).content
+    from service.snapshots import restore
+
+    (tmp_path / "all.tar").write_bytes(tar)
+    done = restore(tmp_path / "all.tar", tmp_path / "restored")
+    assert done.bundles == snap["bundles"]
+    assert (tmp_path / "restored" / a_id / "items.sqlite").is_file()
