@@ -109,7 +109,9 @@ async def snapshot(
     _: AuthDep,
     runtime: RuntimeDep,
     settings: SettingsDep,
-    every: Annotated[bool, Query(alias="all", description="every bundle of the data dir")] = False,
+    every: Annotated[
+        bool, Query(alias="all", description="every bundle of the data dir", examples=[False])
+    ] = False,
 ) -> dict:
     if every:
         folders = await asyncio.to_thread(snapshots.bundle_folders, settings.data_dir)
