@@ -182,6 +182,9 @@ async function loadGallery() {
     });
     return div;
   }));
+  if (!shown.length) {
+    $("gallery").textContent = "No items yet: add images with POST /v1/items (or `make run`'s gallery), then reload this page. Uploads still show the served depth and timing.";
+  }
   const first = shown[0];
   if (first && !state.query) {
     try { setQuery(await (await api(`v1/items/${encodeURIComponent(first.id)}/input`)).blob()); } catch (_) { /* no kept input */ }
