@@ -110,6 +110,11 @@ def _num(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _p(v: float | None) -> str:
+    """A p-value with two significant digits (0.00027, not 0.000)."""
+    return "–" if v is None else f"{v:.2g}"
+
+
 def report_stem(cfg: Config, tag: str | None = None) -> str:
     """``<dataset>-<method>[-<tag>]``: the report's file stem and its cache folder's name."""
     stem = f"{cfg.data.dataset.replace(':', '_').replace('/', '_')}-{cfg.train.method}"
@@ -225,7 +230,7 @@ def _markdown(
         "",
         f"**{n} seeds: SDSSL − baseline k-NN over exit depths 1–{half} "
         f"{_signed(first['mean'], first['sd'])} points (paired t = {_num(first['t'])}, "
-        f"{first['df']} df, p = {_num(first['p_t'], 3)}; sign-flip p = "
+        f"{first['df']} df, p = {_p(first['p_t'])}; sign-flip p = "
         f"{first['p_sign_flip']:.3f}); SDSSL ≥ baseline at {wins} of {len(depths)} depths; at "
         f"depth {depths[-1]} {_signed(last['mean'], last['sd'])}.** Raw-pixel k-NN floor: "
         f"{100 * report['raw_pixel_knn']:.1f} %.",
