@@ -53,7 +53,7 @@ def _form(fields: dict[str, Any]) -> dict[str, Any]:
     """Multipart text fields: JSON documents as text, numbers as strings, lists as repeats."""
     out: dict[str, Any] = {}
     for k, v in _drop_none(fields).items():
-        if k in ("filter",) or isinstance(v, dict):
+        if isinstance(v, dict):  # a JSON document (filter, metadata)
             out[k] = json.dumps(v)
         elif isinstance(v, list):
             out[k] = [json.dumps(x) if not isinstance(x, str) else x for x in v]
