@@ -76,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="folder for metrics.json/.md/.png (default: the checkpoint)"
     )
     p.add_argument("--no-plot", action="store_true", help="skip metrics.png")
+    p.add_argument(
+        "--backbone",
+        choices=("auto", "student", "teacher"),
+        default="auto",
+        help="which backbone of a full checkpoint to score: auto (default) is the evaluated and "
+        "exported one, the EMA teacher where the method has one (MoCo v3, BYOL)",
+    )
 
     p = sub.add_parser(
         "compare",
@@ -141,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
             exit_depths=args.exit_depths,
             output=args.output,
             plot=not args.no_plot,
+            backbone=args.backbone,
         )
         print(markdown_table(metrics))
         return 0

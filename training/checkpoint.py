@@ -118,11 +118,23 @@ def load_model(ckpt_dir: Path) -> SDSSL:
     return model
 
 
-def load_backbone(ckpt_dir: Path) -> tuple[VisionTransformer, Config]:
-    """The evaluated backbone (teacher where there is one) from a full or slim checkpoint."""
+BACKBONES = ("auto", "student", "teacher")
+
+
+def load_backbone(ckpt_dir: Path, which: str = "auto") -> tuple[VisionTransformer, Config]:
+    """A backbone from a full or slim checkpoint: ``auto`` is the evaluated one (the teacher
+    where there is one); ``student`` or ``teacher`` asks for that one from a full checkpoint."""
+    if which not in BACKBONES:
+        raise CheckpointError(f"backbone must be one of {', '.join(BACKBONES)}, not {which!r}")
     cfg = load_config(ckpt_dir)
-    tensors, _ = _read_weights(ckpt_dir)
-    prefix = "teacher.backbone." if any(k.startswith("teacher.") for k in tensors) else "backbone."
+    tensors, contents = _read_weights(ckpt_dir)
+    has_teacher = any(k.startswith("teacher.") for k in tensors)
+    if which != "auto" and contents != "full":
+        raise CheckpointError(f"{ckpt_dir} is slim: it keeps only the evaluated backbone")
+    if which == "teacher" and not has_teacher:
+        raise CheckpointError(f"{ckpt_dir} has no teacher ({cfg.train.method} trains none)")
+    teacher = has_teacher if which == "auto" else which == "teacher"
+    prefix = "teacher.backbone." if teacher else "backbone."
     state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     backbone = build_backbone(cfg.model)
     try:

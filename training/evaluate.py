@@ -24,6 +24,7 @@ from training.errors import DataError
 from training.exits import exit_embeddings, parse_exit_depths
 from training.knn import knn_top1
 from training.linear_probe import linear_top1
+from training.methods import get_method
 
 log = logging.getLogger(__name__)
 
@@ -161,20 +162,26 @@ def evaluate_checkpoint(
     exit_depths: str | list[int] | None = "all",
     output: Path | None = None,
     plot: bool = True,
+    backbone: str = "auto",
 ) -> dict[str, Any]:
-    """Score exit depths of a checkpoint; write metrics.json/.md/.png into ``output``
-    (default: the checkpoint directory)."""
-    backbone, cfg = load_backbone(ckpt_dir)
+    """Score exit depths of a checkpoint's ``backbone`` (see :func:`load_backbone`); write
+    metrics.json/.md/.png into ``output`` (default: the checkpoint directory, or its
+    ``student/`` folder when the student is not the backbone the checkpoint exports — export
+    copies the checkpoint's metrics.json into the bundle's manifest)."""
+    net, cfg = load_backbone(ckpt_dir, backbone)
+    side_student = backbone == "student" and get_method(cfg.train.method).momentum_teacher
     depths = parse_exit_depths(exit_depths, cfg.model.depth)
     dataset = dataset or cfg.data.dataset
     splits = load_splits(dataset, cfg.data.test_fraction)
     if splits.train.labels is None or len(splits.test) == 0:
         raise DataError(f"dataset {dataset} has no labels: evaluation needs class sub-folders")
-    train = embed_source(backbone, splits.train, cfg, depths, "embed train")
-    test = embed_source(backbone, splits.test, cfg, depths, "embed test")
+    train = embed_source(net, splits.train, cfg, depths, "embed train")
+    test = embed_source(net, splits.test, cfg, depths, "embed test")
     knn, lin = score_depths(train, test, cfg)
     metrics = metrics_record(dataset, depths, knn, lin)
-    output = output or ckpt_dir
+    if side_student:
+        metrics["backbone"] = "student"
+    output = output or (ckpt_dir / "student" if side_student else ckpt_dir)
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / METRICS, metrics)
     (output / "metrics.md").write_text(markdown_table(metrics))

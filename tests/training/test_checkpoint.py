@@ -104,3 +104,28 @@ def test_evaluate_writes_the_metrics_record(trained, tmp_path) -> None:
     assert all(0.0 <= v <= 1.0 for v in on_disk["knn_top1"] + on_disk["linear_top1"])
     assert (tmp_path / "metrics.png").stat().st_size > 1000
     assert "| exit depth |" in (tmp_path / "metrics.md").read_text()
+
+
+def test_student_or_teacher_backbone(trained, mnist_batch, tmp_path) -> None:
+    """``load_backbone`` gives either network of a full checkpoint (the teacher by default);
+    scoring the student never overwrites the metrics export copies into a bundle."""
+    model = load_model(trained).eval()
+    for which, want in (("auto", model.teacher["backbone"]), ("teacher", model.teacher["backbone"]),
+                        ("student", model.backbone)):  # fmt: skip
+        net, _ = load_backbone(trained, which)
+        got, ref = exit_embeddings(net, mnist_batch, [4]), exit_embeddings(want, mnist_batch, [4])
+        assert torch.equal(got, ref), which
+    before = (
+        (trained / "metrics.json").read_bytes() if (trained / "metrics.json").exists() else None
+    )
+    metrics = evaluate_checkpoint(trained, exit_depths=[4], plot=False, backbone="student")
+    assert metrics["backbone"] == "student"
+    assert json.loads((trained / "student" / "metrics.json").read_text()) == metrics
+    after = (trained / "metrics.json").read_bytes() if (trained / "metrics.json").exists() else None
+    assert after == before
+    slim = tmp_path / "slim"
+    save_slim(trained, slim)
+    with pytest.raises(CheckpointError, match="slim"):
+        load_backbone(slim, "student")
+    with pytest.raises(CheckpointError, match="backbone must be one of"):
+        load_backbone(trained, "ema")

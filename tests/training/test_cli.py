@@ -65,6 +65,12 @@ def test_exit_depth_out_of_range(tiny_ckpt: Path) -> None:
     assert res.stderr.strip() == "error: exit depth 9 out of range 1..4"
 
 
+def test_teacher_of_a_method_without_one(tiny_ckpt: Path) -> None:
+    res = cli("evaluate", str(tiny_ckpt), "--backbone", "teacher")
+    assert res.returncode == 2
+    assert res.stderr.strip().endswith("has no teacher (simclr trains none)")
+
+
 def test_missing_checkpoint_and_bad_config_file(tmp_path) -> None:
     res = cli("evaluate", str(tmp_path / "missing"))
     assert res.returncode == 2 and "checkpoint directory not found" in res.stderr
