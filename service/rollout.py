@@ -136,6 +136,7 @@ class Rollout:
     async def load_target(self) -> None:
         """Load, verify and warm the target bundle; from here on writes are mirrored."""
         m = self.manager
+        await m.settled()  # an earlier job's target must have closed (and released its lock)
         target = await load_runtime(m.settings, Path(self.job.bundle), m.metrics)
         for d, n in self.source.index.index_sizes().items():  # the gauge shows what serves
             m.metrics.items.labels(str(d)).set(n)
@@ -316,6 +317,12 @@ class Rollouts:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def settled(self) -> None:
+        """Wait for the app's background work started so far: closes of swapped-out bundles
+        and of earlier jobs' targets (each keeps its index folder's writer lock until closed),
+        and job saves."""
+        await asyncio.gather(*list(self._background), return_exceptions=True)
 
     def jobs_save_soon(self, job: Job) -> None:
         self.background(asyncio.to_thread(self.jobs.save, job))

@@ -68,7 +68,7 @@ async def reload(
     async with holder.reload_lock:
         # Bundles swapped out earlier must have closed (and released their index's writer
         # lock): reloading one of them again would otherwise find its index still locked.
-        await asyncio.gather(*request.app.state.background, return_exceptions=True)
+        await request.app.state.rollouts.settled()
         old = holder.current
         path = Path(body.bundle)
         try:
