@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="which backbone of a full checkpoint to score: auto (default) is the evaluated and "
         "exported one, the EMA teacher where the method has one (MoCo v3, BYOL)",
     )
+    p.add_argument(
+        "--cv",
+        action="store_true",
+        help="score as `compare` does: stratified 5-fold cross-validation over all images",
+    )
 
     p = sub.add_parser(
         "compare",
@@ -149,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             output=args.output,
             plot=not args.no_plot,
             backbone=args.backbone,
+            cv=args.cv,
         )
         print(markdown_table(metrics))
         return 0

@@ -163,11 +163,13 @@ def evaluate_checkpoint(
     output: Path | None = None,
     plot: bool = True,
     backbone: str = "auto",
+    cv: bool = False,
 ) -> dict[str, Any]:
     """Score exit depths of a checkpoint's ``backbone`` (see :func:`load_backbone`); write
     metrics.json/.md/.png into ``output`` (default: the checkpoint directory, or its
     ``student/`` folder when the student is not the backbone the checkpoint exports — export
-    copies the checkpoint's metrics.json into the bundle's manifest)."""
+    copies the checkpoint's metrics.json into the bundle's manifest). ``cv``: score as the
+    comparisons do (:func:`cross_validated` over all images) instead of on the test split."""
     net, cfg = load_backbone(ckpt_dir, backbone)
     side_student = backbone == "student" and get_method(cfg.train.method).momentum_teacher
     depths = parse_exit_depths(exit_depths, cfg.model.depth)
@@ -175,12 +177,17 @@ def evaluate_checkpoint(
     splits = load_splits(dataset, cfg.data.test_fraction)
     if splits.train.labels is None or len(splits.test) == 0:
         raise DataError(f"dataset {dataset} has no labels: evaluation needs class sub-folders")
-    train = embed_source(net, splits.train, cfg, depths, "embed train")
-    test = embed_source(net, splits.test, cfg, depths, "embed test")
-    knn, lin = score_depths(train, test, cfg)
+    if cv:
+        knn, lin = cross_validated(*embed_source(net, splits.all, cfg, depths, "embed all"), cfg)
+    else:
+        train = embed_source(net, splits.train, cfg, depths, "embed train")
+        test = embed_source(net, splits.test, cfg, depths, "embed test")
+        knn, lin = score_depths(train, test, cfg)
     metrics = metrics_record(dataset, depths, knn, lin)
     if side_student:
         metrics["backbone"] = "student"
+    if cv:
+        metrics["protocol"] = "stratified 5-fold cross-validation over all images"
     output = output or (ckpt_dir / "student" if side_student else ckpt_dir)
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / METRICS, metrics)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,20 @@ def test_exit_depth_out_of_range(tiny_ckpt: Path) -> None:
     res = cli("evaluate", str(tiny_ckpt), "--exit-depths", "1,9")
     assert res.returncode == 2
     assert res.stderr.strip() == "error: exit depth 9 out of range 1..4"
+
+
+def test_evaluate_cross_validated(tiny_ckpt: Path, tmp_path) -> None:
+    """--cv scores as compare does (over all images) and says so in metrics.json."""
+    from training.checkpoint import load_backbone
+    from training.compare import _score
+
+    res = cli("evaluate", str(tiny_ckpt), "--cv", "--output", str(tmp_path), "--no-plot")
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert "cross-validation" in metrics["protocol"]
+    backbone, cfg = load_backbone(tiny_ckpt)
+    want = _score(backbone, cfg)["knn_top1"]
+    assert metrics["knn_top1"] == pytest.approx(want, abs=1e-4)
 
 
 def test_teacher_of_a_method_without_one(tiny_ckpt: Path) -> None:
