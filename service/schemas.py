@@ -179,6 +179,7 @@ class LatencyRow(BaseModel):
     graph: str = Field(description="exit_01 … exit_LL, or all_exits", examples=["exit_03"])
     batch_size: int
     mean_ms: float = Field(description="mean of the recent measurements")
+    median_ms: float = Field(description="their median: the typical time the scheduler plans with")
     predicted_ms: float = Field(description="what the scheduler predicts: their robust p99")
     samples: int
 

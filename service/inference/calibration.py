@@ -3,7 +3,7 @@
 ``COMPONENTS`` (the default): when a depth is chosen, the time already spent is known exactly;
 what remains is the wait for the batch, its compute and the response (copying rows, a FAISS
 search, encoding, and the event loop's other work meanwhile). The raw prediction of that
-remainder is the queue ahead plus the graph's *mean* batch time; its error is learned per route
+remainder is the queue ahead plus the graph's *median* batch time; its error is learned per route
 and per load — the number of inference requests in flight (1, 2, 3–4, 5–8, …), because under
 load the event loop's share of a request grows — and the robust p99 of that error is added.
 One window per (route, load) keeps the pad small when the server is idle and honest when it is

@@ -1,15 +1,17 @@
 """Measured latencies and their tails: the one place that turns observations into predictions.
 
-Everything the scheduler predicts is a high quantile of recent observations, computed the same
-robust way (:func:`tail`): the rank a 99th percentile asks for, but never the very largest of a
-window once it holds a few samples — so one stalled request (a page fault, a GC pause, a
-SIGSTOP) does not raise every prediction that follows it.
+Everything the scheduler predicts is a statistic of recent observations that one outlier
+cannot move: a high quantile computed the robust way (:func:`tail`: the rank a 99th percentile
+asks for, but never the very largest of a window once it holds a few samples) or the median —
+so one stalled request (a page fault, a GC pause, a SIGSTOP) does not raise every prediction
+that follows it. (A mean would: one 300 ms stall among 20 runs of 2 ms raises it to 17 ms.)
 """
 
 from __future__ import annotations
 
 import bisect
 import math
+import statistics
 import threading
 from collections import deque
 from collections.abc import Hashable, Iterable
@@ -35,23 +37,30 @@ class Window:
     def __init__(self, size: int = WINDOW) -> None:
         self._xs: deque[float] = deque(maxlen=size)
         self._tail: float | None = None
+        self._median: float | None = None
 
     def add(self, x: float) -> None:
         self._xs.append(x)
-        self._tail = None
+        self._tail = self._median = None
 
     def __len__(self) -> int:
         return len(self._xs)
 
     def clear(self) -> None:
         self._xs.clear()
-        self._tail = None
+        self._tail = self._median = None
 
     @property
     def tail(self) -> float:
         if self._tail is None:
             self._tail = tail(self._xs)
         return self._tail
+
+    @property
+    def median(self) -> float:
+        if self._median is None:
+            self._median = statistics.median(self._xs) if self._xs else 0.0
+        return self._median
 
     @property
     def mean(self) -> float:
@@ -62,8 +71,8 @@ class LatencyModel:
     """Compute time per (graph, batch size bucket): measured at warm-up, then from every batch.
 
     ``key`` is whatever names a graph (an exit depth, or the all-exits graph). ``predict`` is the
-    robust 99th percentile of the bucket that covers the batch; a batch larger than every bucket
-    is predicted as chunks of the largest.
+    robust 99th percentile (or the median) of the bucket that covers the batch; a batch larger
+    than every bucket is predicted as chunks of the largest.
     """
 
     def __init__(self, keys: Iterable[Hashable], batch_sizes: list[int]) -> None:
@@ -87,7 +96,7 @@ class LatencyModel:
 
     def predict(self, key: Hashable, n: int, *, tail: bool = True) -> float:
         """Predicted ms to run ``n`` images of graph ``key``: the robust p99 of its bucket's
-        recent batches, or (``tail=False``) their mean."""
+        recent batches, or (``tail=False``) their median, the typical time."""
         if n <= 0:
             return 0.0
         top = self.batch_sizes[-1]
@@ -101,16 +110,16 @@ class LatencyModel:
         with self._lock:
             window = self._windows.get((key, b))
             if window is not None and len(window):
-                return window.tail if tail else window.mean
+                return window.tail if tail else window.median
             # Unmeasured: the nearest measured smaller bucket, scaled up.
             smaller = [s for s in self.batch_sizes if s < b and (key, s) in self._windows]
             if not smaller:
                 return math.inf
             w, s = self._windows[(key, smaller[-1])], smaller[-1]
-            return (w.tail if tail else w.mean) * b / s
+            return (w.tail if tail else w.median) * b / s
 
-    def rows(self) -> list[tuple[Hashable, int, float, float, int]]:
-        """``(key, batch size, mean ms, predicted ms, samples)`` for every measured bucket."""
+    def rows(self) -> list[tuple[Hashable, int, float, float, float, int]]:
+        """``(key, batch size, mean ms, median ms, predicted ms, samples)`` per measured bucket."""
         with self._lock:
             items = list(self._windows.items())
-        return [(k, b, w.mean, w.tail, len(w)) for (k, b), w in items]
+        return [(k, b, w.mean, w.median, w.tail, len(w)) for (k, b), w in items]

@@ -207,7 +207,7 @@ class Scheduler:
     def table(self) -> list[dict[str, object]]:
         """The latency table for /v1/model: one row per measured (graph, batch size)."""
         rows = []
-        for key, b, mean, predicted, samples in self.latency.rows():
+        for key, b, mean, median, predicted, samples in self.latency.rows():
             if key == self.all_exits:
                 depth, graph = None, "all_exits"
             elif isinstance(key, int):
@@ -215,7 +215,8 @@ class Scheduler:
             else:  # a segment: the blocks that end at its exit depth
                 depth, graph = key.last, f"segment_{key.last - 1:02d}_{key.last:02d}"
             rows.append({"exit_depth": depth, "graph": graph, "batch_size": b,
-                         "mean_ms": round(mean, 3), "predicted_ms": round(predicted, 3),
+                         "mean_ms": round(mean, 3), "median_ms": round(median, 3),
+                         "predicted_ms": round(predicted, 3),
                          "samples": samples})  # fmt: skip
         return sorted(rows, key=lambda r: (r["exit_depth"] is None, r["exit_depth"] or 0,
                                            r["graph"], r["batch_size"]))  # fmt: skip

@@ -39,6 +39,14 @@ def test_tail_is_a_high_quantile_that_one_outlier_cannot_move() -> None:
     assert tail([]) == 0.0
 
 
+def test_one_stalled_batch_moves_neither_prediction() -> None:
+    m = LatencyModel([1], [1])
+    for _ in range(20):
+        m.observe(1, 1, 2.0)
+    m.observe(1, 1, 300.0)  # a SIGSTOP mid-compute: a mean would say 16.2 ms
+    assert m.predict(1, 1, tail=False) == 2.0 and m.predict(1, 1) == 2.0
+
+
 def test_latency_model_predicts_per_bucket_and_chunks_large_batches() -> None:
     m = model()
     assert m.predict(2, 1) == 2 * 1.25
@@ -58,7 +66,7 @@ def test_estimate_adds_the_parts() -> None:
     assert e.wait_ms == 3.0 + m.predict(1, 4) + 2.0  # running + other queue + company wait
     assert e.compute_ms == m.predict(2, 2)  # joins the queued depth-2 batch
     assert e.total_ms == pytest.approx(1.0 + e.wait_ms + e.compute_ms + 0.75)
-    m.observe(2, 1, 100.0)  # one slow batch: the tail moves, the mean a little
+    m.observe(2, 1, 100.0)  # one slow batch among few: the tail moves, the median hardly
     typical = estimate(model=m, key=2, n=1, queue=IDLE, elapsed_ms=0.0, max_wait_ms=0.0,
                        pads=Pads())  # fmt: skip
     cautious = estimate(model=m, key=2, n=1, queue=IDLE, elapsed_ms=0.0, max_wait_ms=0.0,
