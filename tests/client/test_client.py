@@ -71,7 +71,7 @@ def test_items_search_and_scroll(client, tmp_path) -> None:
     assert hits[0].id == "c-005" and hits[0].score > 0.999
     by_image = client.search(digit_png(500), exit_depth=4, k=1, filter={"label": "x"})
     assert [h.id for h in by_image.hits] == ["solo"]
-    batch = client.search_batch([digit_png(500), test_png(150)], exit_depth=4, k=1)
+    batch = client.search_batch([digit_png(500), held_out_png(150)], exit_depth=4, k=1)
     assert [r[0].id for r in batch.results] == ["solo", "c-005"]
     vectors = client.search_batch(vectors=[item.vector], exit_depth=4, k=1)
     assert vectors.results[0][0].id == "c-005"
@@ -80,13 +80,10 @@ def test_items_search_and_scroll(client, tmp_path) -> None:
     assert client.snapshot()["items"] == 30
 
 
-def test_png(i: int) -> bytes:
+def held_out_png(i: int) -> bytes:
     buf = io.BytesIO()
     _mnist_test().image(i).save(buf, "PNG")
     return buf.getvalue()
-
-
-test_png.__test__ = False  # a helper, not a test
 
 
 def test_typed_errors(server, client) -> None:
