@@ -4,7 +4,7 @@ Everything the scheduler predicts is a statistic of recent observations that one
 cannot move: a high quantile computed the robust way (:func:`tail`: the rank a 99th percentile
 asks for, but never the very largest of a window once it holds a few samples) or the median —
 so one stalled request (a page fault, a GC pause, a SIGSTOP) does not raise every prediction
-that follows it. (A mean would: one 300 ms stall among 20 runs of 2 ms raises it to 17 ms.)
+that follows it. (A mean would: one 300 ms stall among 20 runs of 2 ms raises it to 16 ms.)
 """
 
 from __future__ import annotations

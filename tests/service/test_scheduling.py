@@ -80,7 +80,7 @@ def test_one_stalled_request_does_not_lower_the_depths_after_it(tiny_bundle, tmp
         s.stop()
     depths = [b["exit_depth"] for b in after]
     why = {"stalled": body["timing"], "after": [b["timing"] for b in after[:3]],
-           "latency": model["latency"], "calibration": model.get("calibration")}  # fmt: skip
+           "latency": model["latency"], "calibration": model["calibration"]}  # fmt: skip
     assert sum(d < DEEPEST for d in depths) <= 3, (depths, why)
 
 
