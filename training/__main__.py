@@ -19,7 +19,18 @@ examples:
   python -m training train --config configs/tiny.yaml --set train.method=mocov3 --out runs/t
   python -m training evaluate runs/default
   python -m training compare --method simclr --seeds 0,1,2
+  python -m training compare --method mocov3 --seeds 0,1,2,3,4 --jobs 4   # side by side
 """
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -103,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tag", help="suffix of the report's name: <dataset>-<method>-<tag> (e.g. default)"
     )
+    p.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="runs trained at once, each in its own process with cores/JOBS threads unless "
+        "train.threads is set (default 1; more for a GPU or a many-core CPU)",
+    )
 
     p = sub.add_parser(
         "init",
@@ -163,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, [*args.overrides, f"train.method={args.method}"])
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-        md = run_comparison(cfg, seeds, args.runs, args.results, args.tag)
+        md = run_comparison(cfg, seeds, args.runs, args.results, args.tag, args.jobs)
         print(md.read_text())
         return 0
     if args.command == "init":

@@ -1,8 +1,10 @@
 """The experiment that justifies the product: baseline vs SDSSL, same seeds, model and budget.
 
 Each (variant, seed) run is a checkpoint under ``runs/``; a finished run is reused and an
-unfinished one resumed, so a comparison can span several sessions. Scores are k-NN and linear
-top-1 per exit depth under stratified 5-fold cross-validation over every labelled image.
+unfinished one resumed, so a comparison can span several sessions. ``jobs`` > 1 trains that many
+runs at once, each in its own process (a GPU, or a CPU whose cores one run does not fill).
+Scores are k-NN and linear top-1 per exit depth under stratified 5-fold cross-validation over
+every labelled image.
 """
 
 from __future__ import annotations
@@ -10,9 +12,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import multiprocessing
+import os
 import shlex
 import sys
 import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -62,12 +67,48 @@ def _finished(run_dir: Path) -> bool:
     return int(state["step"]) >= int(state["total_steps"])
 
 
-def _train_or_resume(cfg: Config, run_dir: Path) -> float:
+def _train_or_resume(cfg: Config, run_dir: Path, bar_position: int | None = None) -> float:
     """Train (or finish) one run; returns its training wall time in seconds."""
     if not _finished(run_dir):
         resume = run_dir if (run_dir / STATE).is_file() else None
-        train(cfg, run_dir, resume=resume)
+        train(cfg, run_dir, resume=resume, bar_position=bar_position)
     return float(load_state(run_dir).get("wall_s", 0.0))
+
+
+_worker_slot = 0  # this worker process's progress-bar line (set by _init_worker)
+
+
+def _init_worker(slots: Any) -> None:
+    global _worker_slot
+    with slots.get_lock():
+        _worker_slot = slots.value
+        slots.value += 1
+
+
+def _train_in_worker(cfg: Config, run_dir: Path) -> float:
+    return _train_or_resume(cfg, run_dir, bar_position=_worker_slot)
+
+
+def _train_side_by_side(todo: list[tuple[Config, Path]], jobs: int) -> None:
+    """Train ``todo``'s runs ``jobs`` at a time, each in its own process with its share of the
+    cores (unless ``train.threads`` is set); the first failure stops the rest."""
+    ctx = multiprocessing.get_context("spawn")  # fork and an initialised torch do not mix
+    jobs = min(jobs, len(todo))
+    share = max(1, (os.cpu_count() or 1) // jobs)
+    slots = ctx.Value("i", 0)
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
+                             initargs=(slots,)) as pool:  # fmt: skip
+        futures = []
+        for c, run_dir in todo:
+            c = copy.deepcopy(c)
+            c.train.threads = c.train.threads or share  # an execution key: the cache is unmoved
+            futures.append(pool.submit(_train_in_worker, c, run_dir))
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [f for f in done if f.exception() is not None]
+        if failed:
+            for f in futures:
+                f.cancel()
+            raise failed[0].exception()  # type: ignore[misc]
 
 
 def _score(backbone: torch.nn.Module, cfg: Config) -> dict[str, Any]:
@@ -122,12 +163,17 @@ def report_stem(cfg: Config, tag: str | None = None) -> str:
 
 
 def run_comparison(
-    cfg: Config, seeds: list[int], runs_dir: Path, results_dir: Path, tag: str | None = None
+    cfg: Config,
+    seeds: list[int],
+    runs_dir: Path,
+    results_dir: Path,
+    tag: str | None = None,
+    jobs: int = 1,
 ) -> Path:
     """Train and score every (variant, seed); write the markdown + JSON report; return the md.
 
     A (variant, seed) whose cached score was made with the same config (``cache_identity``) is
-    not trained again."""
+    not trained again. ``jobs`` > 1: the runs still to train go side by side, then are scored."""
     dataset = cfg.data.dataset
     started = time.time()
     scores: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
@@ -136,22 +182,38 @@ def run_comparison(
     # Per-run scores are kept beside the report (small, committed), so a comparison that spans
     # sessions never retrains a run it has already scored.
     cache_dir = results_dir / "runs" / stem
+
+    def cached_score(c: Config, variant: str, seed: int) -> dict[str, Any] | None:
+        cached = cache_dir / f"{variant}-s{seed}.json"
+        if cached.is_file():
+            result = json.loads(cached.read_text())
+            if cache_identity(Config.from_dict(result["config"])) == cache_identity(c):
+                return result
+        return None
+
+    if jobs > 1:
+        todo = []
+        for seed in seeds:
+            for variant in VARIANTS:
+                c = _variant_config(cfg, variant, seed)
+                if cached_score(c, variant, seed) is None:
+                    todo.append((c, runs_dir / f"{stem}-{variant}-s{seed}"))
+        if len(todo) > 1:
+            _train_side_by_side(todo, jobs)
     for seed in seeds:
         for variant in VARIANTS:
             c = _variant_config(cfg, variant, seed)
-            cached = cache_dir / f"{variant}-s{seed}.json"
-            if cached.is_file():
-                result = json.loads(cached.read_text())
-                if cache_identity(Config.from_dict(result["config"])) == cache_identity(c):
-                    scores[variant].append(result)
-                    train_wall += result.get("train_wall_s", 0.0)
-                    continue
+            result = cached_score(c, variant, seed)
+            if result is not None:
+                scores[variant].append(result)
+                train_wall += result.get("train_wall_s", 0.0)
+                continue
             run_dir = runs_dir / f"{stem}-{variant}-s{seed}"
             wall = _train_or_resume(c, run_dir)
             train_wall += wall
             backbone, _ = load_backbone(run_dir)
             result = {**_score(backbone, c), "train_wall_s": round(wall, 1), "config": c.to_dict()}
-            write_json(cached, result)
+            write_json(cache_dir / f"{variant}-s{seed}.json", result)
             scores[variant].append(result)
 
     seed_everything(seeds[0])

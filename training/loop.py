@@ -109,8 +109,11 @@ def build_loader(cfg: Config, seed: int) -> tuple[DataLoader, ResumableSampler]:
     return loader, sampler
 
 
-def train(cfg: Config, out_dir: Path, resume: Path | None = None) -> Path:
-    """Train ``cfg`` into checkpoint directory ``out_dir`` (saved every epoch); returns it."""
+def train(
+    cfg: Config, out_dir: Path, resume: Path | None = None, *, bar_position: int | None = None
+) -> Path:
+    """Train ``cfg`` into checkpoint directory ``out_dir`` (saved every epoch); returns it.
+    ``bar_position``: the progress bar's line, for runs that train side by side."""
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     device = pick_device()
@@ -160,6 +163,7 @@ def train(cfg: Config, out_dir: Path, resume: Path | None = None) -> Path:
         total=stop,
         initial=step,
         desc=f"{cfg.train.method}{'+sd' if cfg.train.distill else ''}",
+        position=bar_position,
         disable=not distributed.is_main(),
         dynamic_ncols=True,
     )

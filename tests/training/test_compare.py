@@ -1,11 +1,15 @@
-"""The comparison's per-run cache: a second ``compare`` over the same seeds trains nothing."""
+"""The comparison's per-run cache (a second ``compare`` over the same seeds trains nothing) and
+its runs side by side (``--jobs``)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 
+import pytest
+
 from training.compare import run_comparison
+from training.errors import ConfigError
 
 
 def test_second_compare_trains_nothing(tiny_cfg, tmp_path) -> None:
@@ -29,6 +33,29 @@ def test_second_compare_trains_nothing(tiny_cfg, tmp_path) -> None:
     assert first_depth["diffs"] == want
     assert first_depth["df"] == 1 and 0 < first_depth["p_sign_flip"] <= 1
     assert "2 seeds: SDSSL − baseline k-NN over exit depths 1–2" in first.read_text()
+
+
+def test_runs_side_by_side_learn_what_runs_in_turn_learn(tiny_cfg, tmp_path) -> None:
+    """--jobs 2 trains each run in a process of its own; the scores are those of one at a time."""
+    tiny_cfg.train.max_steps = 2
+    tiny_cfg.train.method = "simclr"
+    tiny_cfg.train.threads = 1
+    run_comparison(tiny_cfg, [0], tmp_path / "in_turn", tmp_path / "a", tag="t")
+    run_comparison(tiny_cfg, [0], tmp_path / "side", tmp_path / "b", tag="t", jobs=2)
+    assert {p.name for p in (tmp_path / "side").iterdir()} == {
+        "mnist5k-simclr-t-baseline-s0",
+        "mnist5k-simclr-t-sdssl-s0",
+    }
+    in_turn = json.loads((tmp_path / "a" / "mnist5k-simclr-t.json").read_text())
+    side = json.loads((tmp_path / "b" / "mnist5k-simclr-t.json").read_text())
+    assert side["per_seed"] == in_turn["per_seed"]
+
+
+def test_a_run_that_fails_side_by_side_fails_the_comparison(tiny_cfg, tmp_path) -> None:
+    tiny_cfg.train.batch_size = 100_000  # more than the dataset holds: each run refuses
+    with pytest.raises(ConfigError, match=r"fewer than train\.batch_size"):
+        run_comparison(tiny_cfg, [0], tmp_path / "runs", tmp_path / "results", jobs=2)
+    assert not (tmp_path / "results" / "runs").exists()  # nothing scored, nothing cached
 
 
 def test_cached_scores_survive_settings_a_method_does_not_use(tiny_cfg) -> None:
