@@ -12,6 +12,7 @@ BUNDLE ?= artifacts/bundles/$(notdir $(CKPT))
 METHOD ?= simclr
 ENGINE ?= docker
 SEEDS  ?= 0,1,2
+JOBS   ?= 1
 
 .DEFAULT_GOAL := help
 .PHONY: help setup run serve evaluate-default lock test test-images images lint format train train-default evaluate export verify profile compare bench clean
@@ -147,8 +148,8 @@ profile: setup ## onnxruntime latency per exit depth of BUNDLE at batch 1, 8, 32
 lock: $(STAMP) ## regenerate docker/requirements-*.txt from the versions in .venv
 	$(BIN)/python scripts/lock_requirements.py
 
-compare: setup ## baseline vs SDSSL for METHOD over SEEDS (writes docs/results/)
-	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS)
+compare: setup ## baseline vs SDSSL for METHOD over SEEDS, JOBS runs at once (writes docs/results/)
+	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS) --jobs $(JOBS)
 
 # The server benchmark measures per-request overhead with wrk (a C load generator).
 $(VENV)/.wrk: | $(STAMP)
