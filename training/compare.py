@@ -91,7 +91,8 @@ def _train_in_worker(cfg: Config, run_dir: Path) -> float:
 
 def _train_side_by_side(todo: list[tuple[Config, Path]], jobs: int) -> None:
     """Train ``todo``'s runs ``jobs`` at a time, each in its own process with its share of the
-    cores (unless ``train.threads`` is set); the first failure stops the rest."""
+    cores (unless ``train.threads`` is set). The first failure cancels the runs not yet
+    started and is raised once those running have finished (their checkpoints resume later)."""
     ctx = multiprocessing.get_context("spawn")  # fork and an initialised torch do not mix
     jobs = min(jobs, len(todo))
     share = max(1, (os.cpu_count() or 1) // jobs)
