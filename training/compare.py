@@ -60,6 +60,15 @@ def cache_identity(cfg: Config) -> dict[str, Any]:
     return raw
 
 
+def _cached_score(path: Path, cfg: Config) -> dict[str, Any] | None:
+    """The score cached at ``path`` if it was made with ``cfg`` (``cache_identity``), else None."""
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text())
+    same = cache_identity(Config.from_dict(result["config"])) == cache_identity(cfg)
+    return result if same else None
+
+
 def _finished(run_dir: Path) -> bool:
     if not (run_dir / STATE).is_file():
         return False
@@ -184,38 +193,25 @@ def run_comparison(
     # sessions never retrains a run it has already scored.
     cache_dir = results_dir / "runs" / stem
 
-    def cached_score(c: Config, variant: str, seed: int) -> dict[str, Any] | None:
-        cached = cache_dir / f"{variant}-s{seed}.json"
-        if cached.is_file():
-            result = json.loads(cached.read_text())
-            if cache_identity(Config.from_dict(result["config"])) == cache_identity(c):
-                return result
-        return None
-
-    if jobs > 1:
-        todo = []
-        for seed in seeds:
-            for variant in VARIANTS:
-                c = _variant_config(cfg, variant, seed)
-                if cached_score(c, variant, seed) is None:
-                    todo.append((c, runs_dir / f"{stem}-{variant}-s{seed}"))
-        if len(todo) > 1:
-            _train_side_by_side(todo, jobs)
+    # Every (variant, seed): its config, run folder and cached score (None: still to train).
+    plan = []
     for seed in seeds:
         for variant in VARIANTS:
             c = _variant_config(cfg, variant, seed)
-            result = cached_score(c, variant, seed)
-            if result is not None:
-                scores[variant].append(result)
-                train_wall += result.get("train_wall_s", 0.0)
-                continue
-            run_dir = runs_dir / f"{stem}-{variant}-s{seed}"
+            cached = cache_dir / f"{variant}-s{seed}.json"
+            result = _cached_score(cached, c)
+            plan.append((variant, c, runs_dir / f"{stem}-{variant}-s{seed}", cached, result))
+    todo = [(c, run_dir) for _, c, run_dir, _, result in plan if result is None]
+    if jobs > 1 and len(todo) > 1:
+        _train_side_by_side(todo, jobs)  # then the loop below only scores them
+    for variant, c, run_dir, cached, result in plan:
+        if result is None:
             wall = _train_or_resume(c, run_dir)
-            train_wall += wall
             backbone, _ = load_backbone(run_dir)
             result = {**_score(backbone, c), "train_wall_s": round(wall, 1), "config": c.to_dict()}
-            write_json(cache_dir / f"{variant}-s{seed}.json", result)
-            scores[variant].append(result)
+            write_json(cached, result)
+        scores[variant].append(result)
+        train_wall += result.get("train_wall_s", 0.0)
 
     seed_everything(seeds[0])
     random_init = _score(SDSSL(_variant_config(cfg, "baseline", seeds[0])).eval_backbone, cfg)

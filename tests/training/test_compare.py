@@ -4,9 +4,11 @@ its runs side by side (``--jobs``)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
+import torch
 
 from training.compare import run_comparison
 from training.errors import ConfigError
@@ -36,16 +38,22 @@ def test_second_compare_trains_nothing(tiny_cfg, tmp_path) -> None:
 
 
 def test_runs_side_by_side_learn_what_runs_in_turn_learn(tiny_cfg, tmp_path) -> None:
-    """--jobs 2 trains each run in a process of its own; the scores are those of one at a time."""
+    """--jobs 2 trains each run in a process of its own on its share of the cores; the scores
+    are those of the same runs trained one at a time."""
+    share = max(1, (os.cpu_count() or 1) // 2)
     tiny_cfg.train.max_steps = 2
     tiny_cfg.train.method = "simclr"
-    tiny_cfg.train.threads = 1
-    run_comparison(tiny_cfg, [0], tmp_path / "in_turn", tmp_path / "a", tag="t")
+    tiny_cfg.train.threads = None  # side by side: each worker takes cores / jobs
     run_comparison(tiny_cfg, [0], tmp_path / "side", tmp_path / "b", tag="t", jobs=2)
-    assert {p.name for p in (tmp_path / "side").iterdir()} == {
-        "mnist5k-simclr-t-baseline-s0",
-        "mnist5k-simclr-t-sdssl-s0",
-    }
+    tiny_cfg.train.threads = share  # in turn, on as many threads as each worker had
+    try:
+        run_comparison(tiny_cfg, [0], tmp_path / "in_turn", tmp_path / "a", tag="t")
+    finally:
+        torch.set_num_threads(1)
+    runs = sorted((tmp_path / "side").iterdir())
+    assert [p.name for p in runs] == ["mnist5k-simclr-t-baseline-s0", "mnist5k-simclr-t-sdssl-s0"]
+    for run in runs:  # trained by a worker: it set the threads the config left open
+        assert json.loads((run / "config.json").read_text())["train"]["threads"] == share
     in_turn = json.loads((tmp_path / "a" / "mnist5k-simclr-t.json").read_text())
     side = json.loads((tmp_path / "b" / "mnist5k-simclr-t.json").read_text())
     assert side["per_seed"] == in_turn["per_seed"]
@@ -53,8 +61,10 @@ def test_runs_side_by_side_learn_what_runs_in_turn_learn(tiny_cfg, tmp_path) -> 
 
 def test_a_run_that_fails_side_by_side_fails_the_comparison(tiny_cfg, tmp_path) -> None:
     tiny_cfg.train.batch_size = 100_000  # more than the dataset holds: each run refuses
-    with pytest.raises(ConfigError, match=r"fewer than train\.batch_size"):
+    with pytest.raises(ConfigError, match=r"fewer than train\.batch_size") as raised:
         run_comparison(tiny_cfg, [0], tmp_path / "runs", tmp_path / "results", jobs=2)
+    # Raised in a worker process and carried back (with the worker's traceback as its cause).
+    assert type(raised.value.__cause__).__name__ == "_RemoteTraceback"
     assert not (tmp_path / "results" / "runs").exists()  # nothing scored, nothing cached
 
 
