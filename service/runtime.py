@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from export.manifest import Manifest, bundle_id, load_verified
-from service.engine import ALL_EXITS, Engine, Segment, choose_providers
+from service.engine import ALL_EXITS, Engine, GraphKey, Segment, choose_providers
 from service.index import ItemIndex, open_index
 from service.inference import Mode, Scheduler
 from service.inference.batcher import BatchRecord
@@ -56,14 +56,19 @@ class Runtime:
             await asyncio.to_thread(self.index.close)
 
 
-def warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: int) -> None:
-    """Time every (graph, batch size) of the table; segments chained as they run."""
+def warm_up(
+    engine: Engine, latency: LatencyModel, settings: Settings, size: int
+) -> dict[GraphKey, np.ndarray]:
+    """Time every (graph, batch size) of the table; segments chained as they run. Returns one
+    input row per graph (images, or the hidden state a segment takes) to re-time it on."""
     rng = np.random.default_rng(0)
+    examples: dict[GraphKey, np.ndarray] = {}
     for b in latency.batch_sizes:
         images = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
         for key in latency.keys:
             if isinstance(key, Segment):
                 continue
+            examples.setdefault(key, images[:1].copy())
             engine.run(key, images)  # first run: allocations, not timed
             for _ in range(settings.warmup_runs):
                 start = time.perf_counter()
@@ -71,17 +76,19 @@ def warm_up(engine: Engine, latency: LatencyModel, settings: Settings, size: int
                 latency.observe(key, b, 1000 * (time.perf_counter() - start))
         hidden = images
         for segment in engine.segments if settings.anytime != "off" else []:
+            examples.setdefault(segment, hidden[:1].copy())
             engine.run_segment(segment, hidden)
             for _ in range(settings.warmup_runs):
                 start = time.perf_counter()
                 out, _ = engine.run_segment(segment, hidden)
                 latency.observe(segment, b, 1000 * (time.perf_counter() - start))
             hidden = out
+    return examples
 
 
 def _build(
     settings: Settings, bundle: Path, current: Runtime | None
-) -> tuple[Manifest, str, Engine, LatencyModel, ItemIndex]:
+) -> tuple[Manifest, str, Engine, LatencyModel, ItemIndex, dict[GraphKey, np.ndarray]]:
     manifest = load_verified(bundle)
     bid = bundle_id(bundle)
     choose_providers(settings.device)  # an impossible device refuses before the index opens
@@ -97,13 +104,13 @@ def _build(
         keys = [*manifest.exit_depths, ALL_EXITS, *segments]
         latency = LatencyModel(keys, settings.warmup_batch_sizes())
         started = time.perf_counter()
-        warm_up(engine, latency, settings, manifest.model.img_size)
+        examples = warm_up(engine, latency, settings, manifest.model.img_size)
     except BaseException:
         if own_index:
             index.close()
         raise
     log.info("warm-up of %d graphs: %.1f s", len(manifest.exits) + 1, time.perf_counter() - started)
-    return manifest, bid, engine, latency, index
+    return manifest, bid, engine, latency, index, examples
 
 
 async def load_runtime(
@@ -111,7 +118,7 @@ async def load_runtime(
 ) -> Runtime:
     """Verify, load and warm a bundle and open its indexes (or share ``current``'s when it is
     the same bundle), every blocking part — hashing included — off the event loop."""
-    manifest, bid, engine, latency, index = await asyncio.to_thread(
+    manifest, bid, engine, latency, index, examples = await asyncio.to_thread(
         _build, settings, bundle, current
     )
 
@@ -136,6 +143,9 @@ async def load_runtime(
         on_batch=on_batch,
         run_segment=engine.run_segment,
         segments=segments,
+        examples=examples,
+        retime_after_s=settings.retime_after_s,
+        retime_runs=settings.warmup_runs,
     )
     scheduler.start()
     runtime = Runtime(bundle, manifest, bid, engine, scheduler, index)

@@ -100,6 +100,14 @@ class Settings(BaseSettings):
         description="allowed CORS origins, a JSON list; CORS is off unless set",
     )
     warmup_runs: int = Field(3, ge=1, description="timed runs per (exit depth, batch size)")
+    retime_after_s: float = Field(
+        30.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="a graph a budget passed over as too slow, and not run for this long, is "
+        "re-timed (warmup_runs runs) when the server is idle, so one slow spell cannot keep a "
+        "depth unchosen; 0: never",
+    )
     anytime: Literal["auto", "on", "off"] = Field(
         "auto",
         description="on: requests with a budget run block by block (the bundle's segment graphs) "

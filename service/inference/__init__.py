@@ -5,6 +5,7 @@
 - :mod:`.latency` — measured latencies and their robust tails
 - :mod:`.calibration` — what the latency table cannot see, learned per route
 - :mod:`.batcher` — per-graph queues and the one compute worker
+- :mod:`.retime` — re-timing, when idle, what a budget passed over
 """
 
 from service.inference.batcher import Overloaded

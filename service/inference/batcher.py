@@ -9,7 +9,8 @@ their way (``upstream``), and runs one
 graph (or one segment) at a time on one thread off the event loop (onnxruntime uses every core
 for one batch; two at once would only fight). The queue is bounded: beyond ``queue_bound``
 waiting images a request is refused with :class:`Overloaded` (503 + Retry-After). The batcher
-knows nothing of budgets beyond deadlines: choosing depths is the scheduler's business.
+knows nothing of budgets beyond deadlines: choosing depths is the scheduler's business. Idle,
+the worker re-times what was passed over (:mod:`.retime`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 from service.inference.anytime import Cohort, Left, Rider
 from service.inference.latency import LatencyModel
 from service.inference.planner import QueueState
+from service.inference.retime import Retimer
 
 log = logging.getLogger(__name__)
 GROUP_COST = 1.5  # images ride one cohort while a block costs at most this x one image's
@@ -84,8 +86,9 @@ class Batcher:
         run_segment: Callable[[Hashable, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
         segments: list[Hashable] | None = None,
         exit_depths: list[int] | None = None,
+        retimer: Retimer | None = None,
     ) -> None:
-        self._run, self.latency = run, latency
+        self._run, self.latency, self.retimer = run, latency, retimer
         self._run_segment, self.segments = run_segment, list(segments or [])
         self.exit_depths = list(exit_depths or range(1, len(self.segments) + 1))
         self.max_batch, self.max_wait_s, self.queue_bound = (
@@ -240,12 +243,39 @@ class Batcher:
     async def _work_once(self) -> None:
         unit = self._most_urgent()
         if unit is None:
-            self._wake.clear()
-            await self._wake.wait()
+            await self._idle()
         elif isinstance(unit, Cohort):
             await self._step(unit)
         else:
             await self._batch(unit)
+
+    async def _idle(self) -> None:
+        """Wait for work; with none for a while, re-time one passed-over bucket (one run)."""
+        self._wake.clear()
+        retimer = self.retimer
+        wait = retimer.idle_wait_s() if retimer is not None else math.inf
+        if retimer is None or math.isinf(wait):
+            await self._wake.wait()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), wait)
+            return  # work came
+        probe = retimer.probe()
+        if probe is None or self.upstream() or self._total:
+            return
+        key, b, x = probe
+        fn = self._run_segment if key in self.segments else self._run
+        self._inflight = (time.perf_counter(), self.latency.predict(key, b))
+        started = time.perf_counter()
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, fn, key, x)
+        except Exception:
+            log.exception("re-timing %s at batch %d failed", key, b)
+            retimer.drop(key, b)
+            return
+        finally:
+            self._inflight = None
+        retimer.record(key, b, 1000 * (time.perf_counter() - started))
 
     async def _wait_for_company(self, images: int, oldest: float) -> bool:
         """Wait (at most until ``oldest`` is max_wait old) when the batch is not full and
@@ -348,7 +378,12 @@ class Batcher:
         return sum(self.latency.predict(s, images) for s in self.segments[first:last]) / 1000
 
     def _release(self, cohort: Cohort) -> None:
-        for rider, left in cohort.leave(time.perf_counter(), self._cost_s):
+        images = cohort.images
+        leaving = cohort.leave(time.perf_counter(), self._cost_s)
+        for rider, left in leaving:
             self._total -= len(rider.images)
             if not rider.future.done():
                 rider.future.set_result(left)
+        if leaving and self.retimer is not None and cohort.depth < cohort.max_depth:
+            for segment in self.segments[cohort.depth : cohort.next_exit()]:  # too slow, it said
+                self.retimer.pass_over(segment, images)

@@ -13,6 +13,7 @@ import bisect
 import math
 import statistics
 import threading
+import time
 from collections import deque
 from collections.abc import Hashable, Iterable
 
@@ -50,6 +51,11 @@ class Window:
         self._xs.clear()
         self._tail = self._median = None
 
+    def replace(self, xs: Iterable[float]) -> None:
+        """Forget every observation; keep ``xs`` instead."""
+        self.clear()
+        self._xs.extend(xs)
+
     @property
     def tail(self) -> float:
         if self._tail is None:
@@ -79,6 +85,7 @@ class LatencyModel:
         self.keys = list(keys)
         self.batch_sizes = sorted(set(batch_sizes))
         self._windows: dict[tuple[Hashable, int], Window] = {}
+        self._last: dict[tuple[Hashable, int], float] = {}  # perf_counter of its latest run
         self._lock = threading.Lock()
 
     def bucket(self, n: int) -> int:
@@ -93,6 +100,18 @@ class LatencyModel:
             ms = ms * b / n
         with self._lock:
             self._windows.setdefault((key, b), Window()).add(ms)
+            self._last[(key, b)] = time.perf_counter()
+
+    def last_run(self, key: Hashable, b: int) -> float | None:
+        """When bucket ``(key, b)`` last learned a run (perf_counter seconds); None: never."""
+        with self._lock:
+            return self._last.get((key, b))
+
+    def replace(self, key: Hashable, b: int, samples: list[float]) -> None:
+        """Bucket ``(key, b)`` forgets its observations and keeps ``samples`` (fresh runs)."""
+        with self._lock:
+            self._windows.setdefault((key, b), Window()).replace(samples)
+            self._last[(key, b)] = time.perf_counter()
 
     def predict(self, key: Hashable, n: int, *, tail: bool = True) -> float:
         """Predicted ms to run ``n`` images of graph ``key``: the robust p99 of its bucket's

@@ -22,6 +22,7 @@ from service.inference.batcher import Batcher, BatchRecord, Ran
 from service.inference.calibration import Calibration, Mode
 from service.inference.latency import LatencyModel
 from service.inference.planner import choose_depth, estimate
+from service.inference.retime import Retimer
 
 
 @dataclass(frozen=True)
@@ -77,8 +78,17 @@ class Scheduler:
         on_batch: Callable[[BatchRecord], None] | None = None,
         run_segment: Callable[[Hashable, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None,
         segments: list[Hashable] | None = None,
+        examples: dict[Hashable, np.ndarray] | None = None,
+        retime_after_s: float = 0.0,
+        retime_runs: int = 3,
     ) -> None:
         self.latency, self.exit_depths, self.all_exits = latency, list(exit_depths), all_exits
+        # Graphs a budget passed over are re-timed when idle (given inputs to time them on).
+        self.retimer = (
+            Retimer(latency, examples, after_s=retime_after_s, runs=retime_runs)
+            if examples and retime_after_s > 0
+            else None
+        )
         self.max_wait_ms = max_wait_ms
         self.calibration = Calibration(calibration)
         self.upstream = 0  # admitted inference requests not yet submitted
@@ -88,7 +98,7 @@ class Scheduler:
         self.batcher = Batcher(run, latency, max_batch=max_batch, max_wait_ms=max_wait_ms,
                                queue_bound=queue_bound, on_batch=on_batch,
                                run_segment=run_segment, segments=segments,
-                               exit_depths=exit_depths)  # fmt: skip
+                               exit_depths=exit_depths, retimer=self.retimer)  # fmt: skip
         self.batcher.upstream = lambda: self.upstream
 
     def start(self) -> None:
@@ -129,6 +139,10 @@ class Scheduler:
             est = estimate(key=self.all_exits, **common)
         elif budget_ms is not None:
             est, fits = choose_depth(exit_depths=self.exit_depths, budget_ms=budget_ms, **common)
+            if self.retimer is not None:  # the deeper depths were predicted not to fit
+                for d in self.exit_depths:
+                    if d > est.key:
+                        self.retimer.pass_over(d, queue.pending.get(d, 0) + len(images))
         else:
             d = exit_depth if exit_depth is not None else self.exit_depths[-1]
             est = estimate(key=d, **common)

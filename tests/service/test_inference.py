@@ -13,6 +13,7 @@ from service.inference import Mode, Overloaded, Scheduler
 from service.inference.batcher import Batcher
 from service.inference.latency import LatencyModel, tail
 from service.inference.planner import Pads, QueueState, choose_depth, estimate
+from service.inference.retime import Retimer
 
 ALL = "all"
 
@@ -292,3 +293,68 @@ def test_riders_leave_only_at_the_bundles_exit_depths() -> None:
     assert hopeless.exit_depth == 2 and not hopeless.fits  # the first exit, late
     assert middling.exit_depth == 2 and middling.fits
     assert roomy.exit_depth == 4
+
+
+def test_a_depth_passed_over_after_a_slow_spell_is_retimed_when_idle() -> None:
+    async def scenario():
+        calls: list[tuple[object, int]] = []
+
+        def engine(key, images):
+            calls.append((key, len(images)))
+            return sleeping_engine(key, images)
+
+        m = model()
+        m.replace(4, 1, [50.0] * 3)  # a slow spell taught depth 4 at batch 1: 50 ms
+        examples = {d: np.zeros((1, 2, 2, 3), np.uint8) for d in (1, 2, 3, 4)}
+        s = Scheduler(engine, m, [1, 2, 3, 4], ALL, max_batch=8, max_wait_ms=1.0,
+                      queue_bound=64, examples=examples, retime_after_s=0.05,
+                      retime_runs=2)  # fmt: skip
+        s.start()
+        images = np.zeros((1, 2, 2, 3), np.uint8)
+
+        async def ask(budget_ms):
+            served = await s.run(images, admission=s.admit(), route="r",
+                                 arrival=time.perf_counter(), budget_ms=budget_ms)  # fmt: skip
+            s.answered(served, route="r")
+            return served.exit_depth
+
+        before = await ask(20.0)
+        await asyncio.sleep(1.0)  # idle: depth 4 is re-timed, one run per idle moment
+        probes = [c for c in calls if c != (before, 1)]
+        after = await ask(20.0)
+        idle_calls = len(calls)
+        await asyncio.sleep(0.6)  # nothing was passed over this time: an idle server rests
+        quiet = len(calls) == idle_calls
+        await s.close()
+        return before, probes, m.predict(4, 1), after, quiet
+
+    before, probes, predicted, after, quiet = run(scenario())
+    assert before == 3  # depth 4 was predicted at 50 ms: passed over
+    assert probes == [(4, 1), (4, 1)]  # re-timed at the batch size it was passed over at
+    assert predicted < 20.0 and after == 4  # the fresh runs replaced the slow ones
+    assert quiet
+
+
+def test_a_block_riders_left_before_is_retimed_when_idle() -> None:
+    async def scenario():
+        b = segment_batcher(0.01, exit_depths=[2, 4])
+        for s in ("s3", "s4"):
+            b.latency.replace(s, 1, [200.0] * 3)  # a slow spell
+        examples = {s: np.zeros((1, 2), np.float32) for s in SEGMENTS}
+        b.retimer = Retimer(b.latency, examples, after_s=0.05, runs=1)
+        b.start()
+        image = np.zeros((1, 2, 2, 3), np.uint8)
+
+        async def ride():
+            deadline = time.perf_counter() + 0.2
+            return await b.submit_anytime(image, deadline=deadline, reserve_s=0)
+
+        first = await ride()
+        await asyncio.sleep(1.0)
+        second = await ride()
+        await b.close()
+        return first, second
+
+    first, second = run(scenario())
+    assert first.exit_depth == 2 and first.fits  # blocks 3-4 predicted at 400 ms
+    assert second.exit_depth == 4 and second.fits  # re-timed: 10 ms each
