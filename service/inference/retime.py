@@ -46,8 +46,12 @@ class Retimer:
     def pass_over(self, key: Hashable, n: int) -> None:
         """The scheduler did not run ``key`` for ``n`` images: predicted too slow."""
         kb = (key, self.latency.bucket(n))
-        if key in self.examples and self.latency.last_run(*kb) is not None:
-            self._passed.setdefault(kb, time.perf_counter())
+        last = self.latency.last_run(*kb)
+        if key not in self.examples or last is None:
+            return
+        if self._passed.get(kb, last) < last:  # an older mark, and a run since: start over
+            self._forget(kb)
+        self._passed.setdefault(kb, time.perf_counter())
 
     def _due(self) -> tuple[tuple[Hashable, int] | None, float]:
         """The passed-over bucket longest without a run, if due, and the seconds until one

@@ -358,3 +358,22 @@ def test_a_block_riders_left_before_is_retimed_when_idle() -> None:
     first, second = run(scenario())
     assert first.exit_depth == 2 and first.fits  # blocks 3-4 predicted at 400 ms
     assert second.exit_depth == 4 and second.fits  # re-timed: 10 ms each
+
+
+def test_a_bucket_that_ran_since_it_was_passed_over_is_fresh() -> None:
+    m = model()
+    r = Retimer(m, {4: np.zeros((1, 2, 2, 3), np.uint8)}, after_s=0.0, runs=1)
+    r.pass_over(4, 1)
+    assert r.probe()[:2] == (4, 1)
+    m.observe(4, 1, 4.0)  # it ran: nothing to re-time
+    assert r.probe() is None
+    r.pass_over(4, 1)
+    m.observe(4, 1, 4.0)
+    r.pass_over(4, 1)  # passed over again after that run: due again
+    key, b, x = r.probe()
+    assert (key, b, x.shape) == (4, 1, (1, 2, 2, 3))
+    r.pass_over(3, 1)  # no input to time it on: never re-timed
+    r.record(4, 1, 3.0)  # runs=1: the fresh run replaces the window
+    assert m.predict(4, 1) == 3.0 and r.probe() is None
+    r.pass_over(4, 8)
+    assert r.probe()[2].shape == (8, 2, 2, 3)  # at the batch size it was passed over at
