@@ -268,7 +268,7 @@ class Batcher:
 
         def compute_ms() -> float:
             """One run as warm-up times it: after an untimed one (an idle machine's first run
-            pays for cold caches: 2-3x on the default model here), no thread hop in the time."""
+            pays for cold caches; docs/architecture.md), no thread hop in the time."""
             fn(key, x)
             started = time.perf_counter()
             fn(key, x)
@@ -279,7 +279,7 @@ class Batcher:
             ms = await asyncio.get_running_loop().run_in_executor(self._executor, compute_ms)
         except Exception:
             log.exception("re-timing %s at batch %d failed", key, b)
-            retimer.drop(key, b)
+            retimer.forget(key, b)
             return
         finally:
             self._inflight = None

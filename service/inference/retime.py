@@ -4,8 +4,8 @@ The latency table learns from the batches it runs, so a graph the scheduler stop
 stops being measured: a slow spell (a noisy neighbour, a burst of load) that inflated its times
 would keep it unchosen — every budget served shallower than it could be — until a restart. So
 the scheduler marks each (graph, batch size) it rejects as too slow for a budget
-(:meth:`~.latency.LatencyModel.pass_over`), and once such a bucket has gone ``after_s`` without
-a run, the batcher's worker re-times it in idle moments: one run at a time, after IDLE_S without
+(:meth:`Retimer.pass_over`), and once such a bucket has gone ``after_s`` without a run, the
+batcher's worker re-times it in idle moments: one timed run at a time, after IDLE_S without
 work, on an input of the graph's shape kept from warm-up; ``runs`` fresh runs replace the
 bucket's old observations. A server nobody asks for budgets re-times nothing.
 """
@@ -50,7 +50,7 @@ class Retimer:
         if key not in self.examples or last is None:
             return
         if self._passed.get(kb, last) < last:  # an older mark, and a run since: start over
-            self._forget(kb)
+            self.forget(*kb)
         self._passed.setdefault(kb, time.perf_counter())
 
     def _due(self) -> tuple[tuple[Hashable, int] | None, float]:
@@ -58,20 +58,17 @@ class Retimer:
         will be (inf: none waits). A bucket that ran since it was passed over is fresh."""
         for kb, marked in list(self._passed.items()):
             if (self.latency.last_run(*kb) or 0.0) > marked:
-                self._forget(kb)
+                self.forget(*kb)
         if not self._passed:
             return None, math.inf
         kb = min(self._passed, key=lambda k: self.latency.last_run(*k) or 0.0)
         wait = (self.latency.last_run(*kb) or 0.0) + self.after_s - time.perf_counter()
         return (kb, 0.0) if wait <= 0 else (None, wait)
 
-    def _forget(self, kb: tuple[Hashable, int]) -> None:
-        self._passed.pop(kb, None)
-        self._fresh.pop(kb, None)
-
-    def drop(self, key: Hashable, b: int) -> None:
-        """Give up re-timing ``(key, b)`` (its probe failed) until it is passed over again."""
-        self._forget((key, b))
+    def forget(self, key: Hashable, b: int) -> None:
+        """No re-timing of ``(key, b)`` (fresh, or its probe failed) until passed over again."""
+        self._passed.pop((key, b), None)
+        self._fresh.pop((key, b), None)
 
     def idle_wait_s(self) -> float:
         """How long the worker should stay idle before :meth:`probe` (inf: nothing to do)."""
@@ -97,6 +94,6 @@ class Retimer:
             return
         before = self.latency.predict(key, b)
         self.latency.replace(key, b, fresh)
-        self._forget(kb)
+        self.forget(key, b)
         log.info("re-timed %s at batch %d (passed over, then idle): predicted %.2f -> %.2f ms",
                  key, b, before, self.latency.predict(key, b))  # fmt: skip
