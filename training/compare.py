@@ -13,9 +13,11 @@ import copy
 import json
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
 import shlex
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -92,6 +94,24 @@ def _init_worker(slots: Any) -> None:
     with slots.get_lock():
         _worker_slot = slots.value
         slots.value += 1
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """End this worker process when the process that started it ends.
+
+    A pool's workers outlive a parent killed by a signal (``kill``, a session's end): they would
+    go on training for hours, unseen, taking the cores the next run needs. A run killed this way
+    loses at most the epoch in progress; it resumes from its last checkpoint."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _train_in_worker(cfg: Config, run_dir: Path) -> float:
