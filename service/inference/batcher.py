@@ -392,6 +392,7 @@ class Batcher:
             self._total -= len(rider.images)
             if not rider.future.done():
                 rider.future.set_result(left)
-        if leaving and self.retimer is not None and cohort.depth < cohort.max_depth:
+        passed_over = any(left.fits for _, left in leaving)  # a late rider's says nothing
+        if passed_over and self.retimer is not None and cohort.depth < cohort.max_depth:
             for segment in self.segments[cohort.depth : cohort.next_exit()]:  # too slow, it said
                 self.retimer.pass_over(segment, images)

@@ -139,7 +139,9 @@ class Scheduler:
             est = estimate(key=self.all_exits, **common)
         elif budget_ms is not None:
             est, fits = choose_depth(exit_depths=self.exit_depths, budget_ms=budget_ms, **common)
-            if self.retimer is not None:  # the deeper depths were predicted not to fit
+            # The deeper depths were predicted not to fit. When even the shallowest does not,
+            # the budget is below the table, not the table wrong: nothing to re-time for it.
+            if self.retimer is not None and fits:
                 for d in self.exit_depths:
                     if d > est.key:
                         self.retimer.pass_over(d, queue.pending.get(d, 0) + len(images))
