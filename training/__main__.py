@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         default=1,
         help="runs trained at once, each in its own process with cores/JOBS threads unless "
-        "train.threads is set (default 1; more for a GPU or a many-core CPU)",
+        "train.threads is set, which scores and caches its run when it finishes (default 1; "
+        "more for a GPU or a many-core CPU)",
     )
 
     p = sub.add_parser(

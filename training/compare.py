@@ -2,7 +2,8 @@
 
 Each (variant, seed) run is a checkpoint under ``runs/``; a finished run is reused and an
 unfinished one resumed, so a comparison can span several sessions. ``jobs`` > 1 trains that many
-runs at once, each in its own process (a GPU, or a CPU whose cores one run does not fill).
+runs at once, each in its own process (a GPU, or a CPU whose cores one run does not fill), which
+scores its run and caches the score as soon as it finishes.
 Scores are k-NN and linear top-1 per exit depth under stratified 5-fold cross-validation over
 every labelled image.
 """
@@ -78,12 +79,20 @@ def _finished(run_dir: Path) -> bool:
     return int(state["step"]) >= int(state["total_steps"])
 
 
-def _train_or_resume(cfg: Config, run_dir: Path, bar_position: int | None = None) -> float:
-    """Train (or finish) one run; returns its training wall time in seconds."""
+def _train_and_score(
+    cfg: Config, run_dir: Path, cached: Path, bar_position: int | None = None
+) -> dict[str, Any]:
+    """Train (or finish) one run, score it and cache the score at ``cached``; returns the score."""
+    if cfg.train.threads:  # a finished run is scored without ``train`` setting them
+        torch.set_num_threads(cfg.train.threads)
     if not _finished(run_dir):
         resume = run_dir if (run_dir / STATE).is_file() else None
         train(cfg, run_dir, resume=resume, bar_position=bar_position)
-    return float(load_state(run_dir).get("wall_s", 0.0))
+    wall = float(load_state(run_dir).get("wall_s", 0.0))
+    backbone, _ = load_backbone(run_dir)
+    result = {**_score(backbone, cfg), "train_wall_s": round(wall, 1), "config": cfg.to_dict()}
+    write_json(cached, result)
+    return result
 
 
 _worker_slot = 0  # this worker process's progress-bar line (set by _init_worker)
@@ -114,13 +123,14 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _train_in_worker(cfg: Config, run_dir: Path) -> float:
-    return _train_or_resume(cfg, run_dir, bar_position=_worker_slot)
+def _train_and_score_in_worker(cfg: Config, run_dir: Path, cached: Path) -> dict[str, Any]:
+    return _train_and_score(cfg, run_dir, cached, bar_position=_worker_slot)
 
 
-def _train_side_by_side(todo: list[tuple[Config, Path]], jobs: int) -> None:
-    """Train ``todo``'s runs ``jobs`` at a time, each in its own process with its share of the
-    cores (unless ``train.threads`` is set). The first failure cancels the runs not yet
+def _train_side_by_side(todo: list[tuple[Config, Path, Path]], jobs: int) -> None:
+    """Train and score ``todo``'s (config, run folder, score cache) ``jobs`` at a time, each in
+    its own process with its share of the cores (unless ``train.threads`` is set); each caches its
+    score when it finishes, whatever its partners do. The first failure cancels the runs not yet
     started and is raised once those running have finished (their checkpoints resume later)."""
     ctx = multiprocessing.get_context("spawn")  # fork and an initialised torch do not mix
     jobs = min(jobs, len(todo))
@@ -129,10 +139,10 @@ def _train_side_by_side(todo: list[tuple[Config, Path]], jobs: int) -> None:
     with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                              initargs=(slots,)) as pool:  # fmt: skip
         futures = []
-        for c, run_dir in todo:
+        for c, run_dir, cached in todo:
             c = copy.deepcopy(c)
             c.train.threads = c.train.threads or share  # an execution key: the cache is unmoved
-            futures.append(pool.submit(_train_in_worker, c, run_dir))
+            futures.append(pool.submit(_train_and_score_in_worker, c, run_dir, cached))
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [f for f in done if f.exception() is not None]
         if failed:
@@ -203,7 +213,8 @@ def run_comparison(
     """Train and score every (variant, seed); write the markdown + JSON report; return the md.
 
     A (variant, seed) whose cached score was made with the same config (``cache_identity``) is
-    not trained again. ``jobs`` > 1: the runs still to train go side by side, then are scored."""
+    not trained again. ``jobs`` > 1: the runs still to train go side by side, each scored by
+    its own process as it finishes."""
     dataset = cfg.data.dataset
     started = time.time()
     scores: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
@@ -221,15 +232,12 @@ def run_comparison(
             cached = cache_dir / f"{variant}-s{seed}.json"
             result = _cached_score(cached, c)
             plan.append((variant, c, runs_dir / f"{stem}-{variant}-s{seed}", cached, result))
-    todo = [(c, run_dir) for _, c, run_dir, _, result in plan if result is None]
+    todo = [(c, run_dir, cached) for _, c, run_dir, cached, result in plan if result is None]
     if jobs > 1 and len(todo) > 1:
-        _train_side_by_side(todo, jobs)  # then the loop below only scores them
+        _train_side_by_side(todo, jobs)  # each run's score is now cached
     for variant, c, run_dir, cached, result in plan:
         if result is None:
-            wall = _train_or_resume(c, run_dir)
-            backbone, _ = load_backbone(run_dir)
-            result = {**_score(backbone, c), "train_wall_s": round(wall, 1), "config": c.to_dict()}
-            write_json(cached, result)
+            result = _cached_score(cached, c) or _train_and_score(c, run_dir, cached)
         scores[variant].append(result)
         train_wall += result.get("train_wall_s", 0.0)
 

@@ -68,6 +68,30 @@ def test_a_run_that_fails_side_by_side_fails_the_comparison(tiny_cfg, tmp_path) 
     assert not (tmp_path / "results" / "runs").exists()  # nothing scored, nothing cached
 
 
+def test_a_side_by_side_run_is_scored_when_it_finishes_whatever_its_partner_does(
+    tiny_cfg, tmp_path
+) -> None:
+    """Each worker caches its own run's score: the SDSSL run's corrupt checkpoint fails the
+    comparison, yet the baseline it trained beside is scored and never trained again."""
+    from training.checkpoint import STATE
+    from training.errors import CheckpointError
+
+    tiny_cfg.train.max_steps = 2
+    tiny_cfg.train.method = "simclr"
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    corrupt = runs / "mnist5k-simclr-t-sdssl-s0"
+    corrupt.mkdir(parents=True)
+    (corrupt / STATE).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        run_comparison(tiny_cfg, [0], runs, results, tag="t", jobs=2)
+    cache = results / "runs" / "mnist5k-simclr-t"
+    assert sorted(p.name for p in cache.iterdir()) == ["baseline-s0.json"]
+    shutil.rmtree(runs)  # the baseline's checkpoint gone: training it again would recreate it
+    run_comparison(tiny_cfg, [0], runs, results, tag="t", jobs=2)
+    assert sorted(p.name for p in runs.iterdir()) == ["mnist5k-simclr-t-sdssl-s0"]
+    assert sorted(p.name for p in cache.iterdir()) == ["baseline-s0.json", "sdssl-s0.json"]
+
+
 def test_cached_scores_survive_settings_a_method_does_not_use(tiny_cfg) -> None:
     """SimCLR has no teacher: runs cached when train.momentum defaulted to 0.996 still hit."""
     import copy
