@@ -127,11 +127,14 @@ def _train_and_score_in_worker(cfg: Config, run_dir: Path, cached: Path) -> dict
     return _train_and_score(cfg, run_dir, cached, bar_position=_worker_slot)
 
 
-def _train_side_by_side(todo: list[tuple[Config, Path, Path]], jobs: int) -> None:
+def _train_side_by_side(
+    todo: list[tuple[Config, Path, Path]], jobs: int
+) -> dict[Path, dict[str, Any]]:
     """Train and score ``todo``'s (config, run folder, score cache) ``jobs`` at a time, each in
     its own process with its share of the cores (unless ``train.threads`` is set); each caches its
-    score when it finishes, whatever its partners do. The first failure cancels the runs not yet
-    started and is raised once those running have finished (their checkpoints resume later)."""
+    score when it finishes, whatever its partners do; returns the scores by cache path. The first
+    failure cancels the runs not yet started and is raised once those running have finished
+    (their checkpoints resume later)."""
     ctx = multiprocessing.get_context("spawn")  # fork and an initialised torch do not mix
     jobs = min(jobs, len(todo))
     share = max(1, (os.cpu_count() or 1) // jobs)
@@ -149,6 +152,7 @@ def _train_side_by_side(todo: list[tuple[Config, Path, Path]], jobs: int) -> Non
             for f in futures:
                 f.cancel()
             raise failed[0].exception()  # type: ignore[misc]
+    return {cached: f.result() for (_, _, cached), f in zip(todo, futures, strict=True)}
 
 
 def _score(backbone: torch.nn.Module, cfg: Config) -> dict[str, Any]:
@@ -233,11 +237,10 @@ def run_comparison(
             result = _cached_score(cached, c)
             plan.append((variant, c, runs_dir / f"{stem}-{variant}-s{seed}", cached, result))
     todo = [(c, run_dir, cached) for _, c, run_dir, cached, result in plan if result is None]
-    if jobs > 1 and len(todo) > 1:
-        _train_side_by_side(todo, jobs)  # each run's score is now cached
+    side_by_side = _train_side_by_side(todo, jobs) if jobs > 1 and len(todo) > 1 else {}
     for variant, c, run_dir, cached, result in plan:
         if result is None:
-            result = _cached_score(cached, c) or _train_and_score(c, run_dir, cached)
+            result = side_by_side.get(cached) or _train_and_score(c, run_dir, cached)
         scores[variant].append(result)
         train_wall += result.get("train_wall_s", 0.0)
 
