@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import base64
-import concurrent.futures as cf
+import http.client
+import socket
+import time
 
+import httpx
 import numpy as np
 
 from tests.service.conftest import digit_png, png
+from tests.service.server import Server
 
 
 def files(*blobs: bytes, field: str = "images"):
@@ -96,24 +100,43 @@ def test_items_add_search_replace_delete(client) -> None:
     assert "t-1" not in ids and {"t-0", "t-2", "t-3"} <= ids
 
 
-def test_concurrent_requests_are_batched(server, client) -> None:
-    img = files(png(seed=7))
+def _raw_post(port: int, path: str, **kwargs) -> bytes:
+    """The bytes of an HTTP/1.1 POST as httpx would send them, closing the connection after."""
+    req = httpx.Request("POST", f"http://127.0.0.1:{port}{path}", **kwargs)
+    head = "".join(f"{k}: {v}\r\n" for k, v in req.headers.items())
+    return f"POST {path} HTTP/1.1\r\n{head}connection: close\r\n\r\n".encode() + req.read()
 
-    def one(_):
-        with server.client() as c:
-            return c.post("/v1/embeddings", files=img, data={"exit_depth": "3"}).status_code
 
-    with cf.ThreadPoolExecutor(16) as pool:
-        codes = list(pool.map(one, range(48)))
-    assert codes == [200] * 48
-    metrics = client.get("/metrics").text
+def test_concurrent_requests_are_batched(tiny_bundle, tmp_path) -> None:
+    """Requests in flight together share a batch. Eight requests are admitted (headers and all
+    but the last byte of their bodies sent) before any is complete, then finished together; a
+    long ``max_wait_ms`` keeps a loaded machine from splitting them by the clock alone."""
+    with Server(tiny_bundle, tmp_path / "data", tmp_path / "log", max_wait_ms=1000) as s:
+        raw = _raw_post(s.port, "/v1/embeddings", files=files(png(seed=7)),
+                        data={"exit_depth": "3"})  # fmt: skip
+        socks = [socket.create_connection(("127.0.0.1", s.port), timeout=60) for _ in range(8)]
+        for sock in socks:
+            sock.sendall(raw[:-1])
+        time.sleep(0.3)
+        for sock in socks:
+            sock.sendall(raw[-1:])
+        codes = []
+        for sock in socks:
+            with sock:
+                resp = http.client.HTTPResponse(sock)
+                resp.begin()
+                codes.append(resp.status)
+                resp.read()
+        assert codes == [200] * 8
+        with s.client() as c:
+            metrics = c.get("/metrics").text
     count = sum_ = 0.0
     for line in metrics.splitlines():
         if line.startswith('sdssl_batch_size_count{exit_depth="3"}'):
             count = float(line.split()[-1])
         if line.startswith('sdssl_batch_size_sum{exit_depth="3"}'):
             sum_ = float(line.split()[-1])
-    assert count >= 1 and sum_ / count > 1.0, (sum_, count)
+    assert (sum_, count) == (8, 1)  # one batch of eight
     assert "sdssl_request_seconds_bucket" in metrics and "sdssl_index_items" in metrics
 
 
