@@ -55,10 +55,11 @@ def test_fp16_slim_checkpoint_is_close(trained, mnist_batch, tmp_path) -> None:
     assert torch.nn.functional.cosine_similarity(a, b, dim=-1).min() > 0.999
 
 
-def test_resume_continues_at_the_same_step_and_lr(tiny_cfg, tmp_path) -> None:
+def test_resume_continues_at_the_same_step_and_lr(tiny_cfg, digit_folder, tmp_path) -> None:
+    tiny_cfg.data.dataset = f"folder:{digit_folder}"
     tiny_cfg.train.max_steps = None
     tiny_cfg.train.epochs = 2
-    tiny_cfg.train.batch_size = 1000  # 4000 train images -> 4 steps per epoch, 8 in all
+    tiny_cfg.train.batch_size = 60  # 240 train images -> 4 steps per epoch, 8 in all
     straight = tmp_path / "straight"
     train(tiny_cfg, straight)
 

@@ -10,23 +10,26 @@ import shutil
 import pytest
 import torch
 
-from training.compare import run_comparison
+from training.compare import report_stem, run_comparison
 from training.errors import ConfigError
 
 
-def test_second_compare_trains_nothing(tiny_cfg, tmp_path) -> None:
+def test_second_compare_trains_nothing(tiny_cfg, digit_folder, tmp_path) -> None:
+    tiny_cfg.data.dataset = f"folder:{digit_folder}"  # scored in seconds
     tiny_cfg.train.max_steps = 2
     tiny_cfg.train.method = "simclr"
     runs, results = tmp_path / "runs", tmp_path / "results"
+    stem = report_stem(tiny_cfg, "t")
+    assert stem.endswith("-simclr-t")
     first = run_comparison(tiny_cfg, [0, 1], runs, results, tag="t")
-    assert first.name == "mnist5k-simclr-t.md"
-    assert (results / "runs" / "mnist5k-simclr-t" / "sdssl-s0.json").is_file()
-    report = json.loads((results / "mnist5k-simclr-t.json").read_text())
+    assert first.name == f"{stem}.md"
+    assert (results / "runs" / stem / "sdssl-s0.json").is_file()
+    report = json.loads((results / f"{stem}.json").read_text())
     shutil.rmtree(runs)  # no checkpoints left: a run that trained again would recreate them
     tiny_cfg.train.threads = 2  # how a run executes is not what it learns
     run_comparison(tiny_cfg, [0, 1], runs, results, tag="t")
     assert not runs.exists()
-    again = json.loads((results / "mnist5k-simclr-t.json").read_text())
+    again = json.loads((results / f"{stem}.json").read_text())
     assert again["per_seed"] == report["per_seed"]
     # Paired by seed: the reported differences are the per-seed SDSSL − baseline ones.
     sd, base = report["per_seed"]["sdssl"], report["per_seed"]["baseline"]
@@ -37,10 +40,11 @@ def test_second_compare_trains_nothing(tiny_cfg, tmp_path) -> None:
     assert "2 seeds: SDSSL − baseline k-NN over exit depths 1–2" in first.read_text()
 
 
-def test_runs_side_by_side_learn_what_runs_in_turn_learn(tiny_cfg, tmp_path) -> None:
+def test_runs_side_by_side_learn_what_runs_in_turn_learn(tiny_cfg, digit_folder, tmp_path) -> None:
     """--jobs 2 trains each run in a process of its own on its share of the cores; the scores
     are those of the same runs trained one at a time."""
     share = max(1, (os.cpu_count() or 1) // 2)
+    tiny_cfg.data.dataset = f"folder:{digit_folder}"
     tiny_cfg.train.max_steps = 2
     tiny_cfg.train.method = "simclr"
     tiny_cfg.train.threads = None  # side by side: each worker takes cores / jobs
@@ -51,11 +55,12 @@ def test_runs_side_by_side_learn_what_runs_in_turn_learn(tiny_cfg, tmp_path) -> 
     finally:
         torch.set_num_threads(1)
     runs = sorted((tmp_path / "side").iterdir())
-    assert [p.name for p in runs] == ["mnist5k-simclr-t-baseline-s0", "mnist5k-simclr-t-sdssl-s0"]
+    stem = report_stem(tiny_cfg, "t")
+    assert [p.name for p in runs] == [f"{stem}-baseline-s0", f"{stem}-sdssl-s0"]
     for run in runs:  # trained by a worker: it set the threads the config left open
         assert json.loads((run / "config.json").read_text())["train"]["threads"] == share
-    in_turn = json.loads((tmp_path / "a" / "mnist5k-simclr-t.json").read_text())
-    side = json.loads((tmp_path / "b" / "mnist5k-simclr-t.json").read_text())
+    in_turn = json.loads((tmp_path / "a" / f"{stem}.json").read_text())
+    side = json.loads((tmp_path / "b" / f"{stem}.json").read_text())
     assert side["per_seed"] == in_turn["per_seed"]
 
 
@@ -69,26 +74,28 @@ def test_a_run_that_fails_side_by_side_fails_the_comparison(tiny_cfg, tmp_path) 
 
 
 def test_a_side_by_side_run_is_scored_when_it_finishes_whatever_its_partner_does(
-    tiny_cfg, tmp_path
+    tiny_cfg, digit_folder, tmp_path
 ) -> None:
     """Each worker caches its own run's score: the SDSSL run's corrupt checkpoint fails the
     comparison, yet the baseline it trained beside is scored and never trained again."""
     from training.checkpoint import STATE
     from training.errors import CheckpointError
 
+    tiny_cfg.data.dataset = f"folder:{digit_folder}"
     tiny_cfg.train.max_steps = 2
     tiny_cfg.train.method = "simclr"
     runs, results = tmp_path / "runs", tmp_path / "results"
-    corrupt = runs / "mnist5k-simclr-t-sdssl-s0"
+    stem = report_stem(tiny_cfg, "t")
+    corrupt = runs / f"{stem}-sdssl-s0"
     corrupt.mkdir(parents=True)
     (corrupt / STATE).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt"):
         run_comparison(tiny_cfg, [0], runs, results, tag="t", jobs=2)
-    cache = results / "runs" / "mnist5k-simclr-t"
+    cache = results / "runs" / stem
     assert sorted(p.name for p in cache.iterdir()) == ["baseline-s0.json"]
     shutil.rmtree(runs)  # the baseline's checkpoint gone: training it again would recreate it
     run_comparison(tiny_cfg, [0], runs, results, tag="t", jobs=2)
-    assert sorted(p.name for p in runs.iterdir()) == ["mnist5k-simclr-t-sdssl-s0"]
+    assert sorted(p.name for p in runs.iterdir()) == [f"{stem}-sdssl-s0"]
     assert sorted(p.name for p in cache.iterdir()) == ["baseline-s0.json", "sdssl-s0.json"]
 
 
