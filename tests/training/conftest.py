@@ -29,20 +29,13 @@ def mnist_batch() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def digit_folder(tmp_path_factory) -> Path:
-    """30 real mnist5k digits of each class as an image folder (a subfolder per class): a
-    dataset small enough that scoring a run takes a second, for tests whose subject is not
-    the dataset."""
-    from PIL import Image
+    """The demo gallery (mnist5k's 1,000 test digits, a folder per label) as an image folder:
+    a dataset small enough that scoring a run takes seconds, for tests whose subject is not the
+    dataset."""
+    from scripts.demo_gallery import main as write_gallery
 
     root = tmp_path_factory.mktemp("digits")
-    full = load_splits("mnist5k", 0.2).all
-    taken = dict.fromkeys(range(10), 0)
-    for i in range(len(full)):
-        label = int(full.labels[i])
-        if taken[label] < 30:
-            (root / str(label)).mkdir(exist_ok=True)
-            Image.fromarray(full.images[i]).save(root / str(label) / f"{i:04d}.png")
-            taken[label] += 1
+    write_gallery(root)
     return root
 
 

@@ -59,7 +59,7 @@ def test_resume_continues_at_the_same_step_and_lr(tiny_cfg, digit_folder, tmp_pa
     tiny_cfg.data.dataset = f"folder:{digit_folder}"
     tiny_cfg.train.max_steps = None
     tiny_cfg.train.epochs = 2
-    tiny_cfg.train.batch_size = 60  # 240 train images -> 4 steps per epoch, 8 in all
+    tiny_cfg.train.batch_size = 200  # 800 train images -> 4 steps per epoch, 8 in all
     straight = tmp_path / "straight"
     train(tiny_cfg, straight)
 
