@@ -10,7 +10,8 @@ usage: scripts/reload.sh BUNDLE_PATH [--url URL] [--api-key KEY]
 
 POST /v1/admin/reload {"bundle": BUNDLE_PATH} to the server at URL (default \$SDSSL_URL,
 else http://127.0.0.1:\$SDSSL_PORT, port 8000 if unset) with the API key (default
-\$SDSSL_API_KEY). BUNDLE_PATH is the path as the server sees it (in compose: /bundles/<name>).
+\$SDSSL_API_KEY, which is better: a flag shows in \`ps\`). BUNDLE_PATH is the path as the
+server sees it (in compose: /bundles/<name>).
 On failure the server keeps its old bundle and this exits 1 with its reason.
 USAGE
 }
@@ -29,5 +30,6 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-# The Python client (client/: installed in .venv, copied into the serving image).
-exec "$PYTHON" -m sdssl_client --url "$url" ${key:+--api-key "$key"} reload "$bundle"
+# The Python client (client/: installed in .venv, copied into the serving image); the key goes
+# in its environment, never on its command line.
+SDSSL_API_KEY="$key" exec "$PYTHON" -m sdssl_client --url "$url" reload "$bundle"

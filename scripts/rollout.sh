@@ -26,7 +26,7 @@ Items the server kept no input for are printed at the end: re-upload them.
   --server-bundle PATH  the bundle's path as the server sees it (default: DIR; in compose
                         /bundles/<name>)
   --url URL             the server (default \$SDSSL_URL, else http://127.0.0.1:\$SDSSL_PORT, 8000)
-  --api-key KEY         admin key (default \$SDSSL_API_KEY)
+  --api-key KEY         admin key (default \$SDSSL_API_KEY, better: a flag shows in \`ps\`)
   --batch N             items re-embedded per step (default 64)
   --pause-ms MS         pause between steps, to leave the CPU to requests (default 0)
   --no-swap             stop at ready; the old bundle serves (writes reach both) until a swap
@@ -80,6 +80,7 @@ fi
 echo "== 4/5 roll out to $url, 5/5 follow the job" >&2
 opts=(--batch "$batch" --pause-ms "$pause")
 [[ "$swap" == true ]] || opts+=(--no-swap)
-# The Python client (client/: installed in .venv, copied into the serving image).
-exec "$PYTHON" -m sdssl_client --url "$url" ${key:+--api-key "$key"} rollout \
+# The Python client (client/: installed in .venv, copied into the serving image); the key goes
+# in its environment, never on its command line.
+SDSSL_API_KEY="$key" exec "$PYTHON" -m sdssl_client --url "$url" rollout \
     "${server_bundle:-$bundle}" "${opts[@]}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import sys
 import typing
@@ -12,8 +13,20 @@ from pydantic import ValidationError
 
 from export.manifest import BundleIntegrityError, load_verified
 from service.app import create_app
-from service.http_timeouts import protocol_class
+from service.http_protocol import protocol_class
 from service.settings import Settings
+
+SECRETS = ("api_key", "read_key")  # from the environment or a file, never a flag
+
+
+class _NoSecretFlag(argparse.Action):
+    """``--api-key KEY`` is refused without echoing KEY: a flag shows in ``ps`` to every user
+    of the machine, and in the writer lock's record of the command line."""
+
+    def __call__(self, parser, namespace, values, option_string=None):  # type: ignore[no-untyped-def]
+        env = f"SDSSL_{self.dest.upper()}"
+        parser.error(f"{option_string} is not taken (a flag shows in `ps`): set {env}, or "
+                     f"{option_string}-file FILE")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +42,26 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         env = f"SDSSL_{name.upper()}"
         default = field.default if field.default_factory is None else field.default_factory()
-        shown = "unset" if default is None or name == "api_key" else default
+        shown = "unset" if default is None else default
         help_text = f"{field.description or ''} [env {env}; default {shown}]"
         origin = typing.get_origin(field.annotation)
-        if origin is list:
+        if name in SECRETS:
+            parser.add_argument(flag, dest=name, nargs="?", action=_NoSecretFlag,
+                                help=argparse.SUPPRESS)  # fmt: skip
+        elif origin is list:
             parser.add_argument(flag, dest=name, nargs="*", help=help_text)
         else:
             parser.add_argument(flag, dest=name, help=help_text)
     return parser
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if settings.api_key is None and not _loopback(settings.host):
+        logging.getLogger("service").warning(
+            "no admin key (SDSSL_API_KEY): anyone who can reach %s:%d may add and delete items, "
+            "reload, roll out and take snapshots", settings.host, settings.port,
+        )  # fmt: skip
     app = create_app(settings)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -66,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
             port=settings.port,
             log_level=settings.log_level,
             timeout_graceful_shutdown=10,
-            http=protocol_class(settings.header_timeout_s, settings.body_timeout_s),
+            http=protocol_class(
+                settings.header_timeout_s, settings.body_timeout_s, settings.max_header_bytes
+            ),
         )
     )
     app.state.stop_serving = lambda: setattr(server, "should_exit", True)

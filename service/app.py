@@ -17,11 +17,13 @@ from fastapi.staticfiles import StaticFiles
 from service.decoding import DecodePool
 from service.error_handlers import install_handlers
 from service.errors import Refusal
+from service.index.cursors import Cursors
 from service.metrics import Metrics
 from service.middleware import IntakeMiddleware
-from service.rollout import Rollouts, bundle_to_serve
+from service.rollout import Rollouts, public_reason
 from service.routes import admin, embeddings, health, items, model, search
 from service.runtime import RuntimeHolder, load_runtime, report_device
+from service.serving import bundle_to_serve
 from service.settings import Settings
 from service.warmup import warm_request_paths
 
@@ -59,9 +61,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 app.state.refused = str(exc)
                 log.error("refusing to start: %s", exc)
                 app.state.stop_serving()
-            except Exception as exc:
-                app.state.load_error = str(exc)
-                log.error("cannot load bundle %s: %s", settings.bundle, exc)
+            except Exception as exc:  # not ready, and /readyz says why (no paths: it is open)
+                app.state.load_error = public_reason(exc, "it could not be loaded")
+                log.error("cannot load bundle %s: %r", settings.bundle, exc)
 
         loader = asyncio.get_running_loop().create_task(load())
         yield
@@ -89,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.stop_serving = lambda: os.kill(os.getpid(), signal.SIGTERM)  # main() sets its own
     app.state.background = set()
     app.state.decoder = DecodePool(settings, app.state.metrics)
+    app.state.cursors = Cursors(settings.data_dir)
     app.state.rollouts = Rollouts(
         settings, app.state.metrics, app.state.holder, app.state.background
     )

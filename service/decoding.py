@@ -59,7 +59,11 @@ class DecodePool:
         if not images:
             raise APIError(422, "no_images", "send at least one image")
         if len(images) > s.max_images:
-            raise APIError(413, "too_many_images", f"at most {s.max_images} images per request")
+            raise APIError(
+                413,
+                "too_many_images",
+                f"at most {s.max_images} images per request (SDSSL_MAX_IMAGES)",
+            )
         total = sum(
             _numbered(pixels, i, len(images), data, s.max_pixels) for i, data in enumerate(images)
         )
@@ -68,7 +72,7 @@ class DecodePool:
                 413,
                 "request_too_large",
                 f"the images hold {total} pixels together; the limit per request is "
-                f"{s.max_request_pixels} (send fewer or smaller images)",
+                f"{s.max_request_pixels} (SDSSL_MAX_REQUEST_PIXELS; send fewer or smaller images)",
             )
 
         def work() -> tuple[np.ndarray, list[bytes] | None]:
@@ -90,7 +94,8 @@ class DecodePool:
             raise APIError(
                 503,
                 "overloaded",
-                "too many images are being decoded; retry later",
+                f"more than {s.decode_queue_pixels} pixels are being decoded "
+                "(SDSSL_DECODE_QUEUE_PIXELS); retry later",
                 {"Retry-After": str(self._retry_after())},
             )
         self.pending_pixels += total

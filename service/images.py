@@ -37,7 +37,9 @@ def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
     w, h = img.size
     if w < 1 or h < 1 or w * h > max_pixels:
         raise APIError(
-            413, "image_too_large", f"image is {w}x{h} pixels; the limit is {max_pixels}"
+            413,
+            "image_too_large",
+            f"image is {w}x{h} pixels; the limit is {max_pixels} (SDSSL_MAX_PIXELS)",
         )
     return img
 
@@ -107,7 +109,8 @@ def resize_center_crop(
         raise APIError(
             413,
             "image_too_large",
-            f"a {w}x{h} image resizes to {new_w}x{new_h}: aspect too extreme",
+            f"a {w}x{h} image resizes to {new_w}x{new_h}, more than {max_pixels} pixels "
+            "(SDSSL_MAX_PIXELS): aspect too extreme",
         )
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), RESAMPLE[interpolation])

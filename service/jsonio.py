@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+import orjson
 
 from service.errors import APIError
 
 MAX_INT_DIGITS = 64  # cheap first check, far below Python's 4,300-digit limit
-INT_RANGE = (-(2**63), 2**64 - 1)  # what responses (orjson) can write: 64-bit integers
+INT_MIN, INT_MAX = -(2**63), 2**64 - 1  # what responses (orjson) can write: 64-bit integers
 
 
 def _reject_constant(name: str) -> Any:
@@ -36,7 +39,7 @@ def _int(text: str) -> int:
             422, "invalid_json_number", f"integer with more than {MAX_INT_DIGITS} digits"
         )
     value = int(text)
-    if not INT_RANGE[0] <= value <= INT_RANGE[1]:
+    if not INT_MIN <= value <= INT_MAX:
         shown = text if len(text) <= 24 else text[:24] + "…"
         raise APIError(422, "invalid_json_number", f"integer {shown} is beyond 64 bits")
     return value
@@ -99,3 +102,16 @@ def loads_stored(text: str | None) -> Any:
             raw = json.dumps(value, ensure_ascii=False).encode("utf-8", "surrogatepass")
             value = json.loads(raw.decode("utf-8", "replace"))
     return value
+
+
+SUSPECT = re.compile(r"NaN|Infinity|\\u[dD]")  # what legacy rows may hold (see above)
+
+
+def stored_json(text: str | None) -> Any:
+    """Stored metadata for a response, as it is stored — no parse and re-encode — unless it
+    is a legacy row that :func:`loads_stored` must repair."""
+    if text is None:
+        return None
+    if SUSPECT.search(text):
+        return loads_stored(text)
+    return orjson.Fragment(text)

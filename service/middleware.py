@@ -1,4 +1,4 @@
-"""Pure-ASGI middleware: arrival time, request-body cap, per-route metrics."""
+"""Pure-ASGI middleware: arrival time, request-body cap, security headers, per-route metrics."""
 
 from __future__ import annotations
 
@@ -11,39 +11,61 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import error_body
 from service.metrics import Metrics
 
-DRAIN_MIN_BYTES = 64 * 2**20
+# Content-Security-Policy per kind of response: the demo page loads only its own files (and
+# blob: thumbnails); FastAPI's /docs and /redoc pages load Swagger UI / ReDoc from their CDN
+# with an inline script; everything else is data, which nothing may run or frame.
+CSP_DEMO = ("default-src 'self'; img-src 'self' blob: data:; object-src 'none'; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'")  # fmt: skip
+CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net "
+            "https://fonts.googleapis.com; "
+            "font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
+            "https://cdn.redoc.ly; worker-src blob:; object-src 'none'; base-uri 'none'; "
+            "frame-ancestors 'none'")  # fmt: skip
+CSP_DATA = "default-src 'none'; frame-ancestors 'none'"
+DOCS = ("/docs", "/redoc")
+
+
+def _headers(csp: str) -> list[tuple[bytes, bytes]]:
+    return [(b"content-security-policy", csp.encode()), (b"x-frame-options", b"DENY"),
+            (b"x-content-type-options", b"nosniff"),
+            (b"referrer-policy", b"no-referrer")]  # fmt: skip
+
+
+HEADERS_DEMO, HEADERS_DOCS, HEADERS_DATA = (
+    _headers(CSP_DEMO),
+    _headers(CSP_DOCS),
+    _headers(CSP_DATA),
+)
+
+
+def security_headers(path: str) -> list[tuple[bytes, bytes]]:
+    """What every response carries: no framing, no MIME sniffing, and a CSP for its kind."""
+    if path.startswith("/demo"):
+        return HEADERS_DEMO
+    return HEADERS_DOCS if path.startswith(DOCS) else HEADERS_DATA
 
 
 class BodyTooLarge(HTTPException):
     """413; an HTTPException so that FastAPI's own body parsing passes it on unchanged."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body exceeds {limit} bytes", {"Connection": "close"})
+        super().__init__(
+            413,
+            f"request body exceeds {limit} bytes (SDSSL_MAX_BODY_BYTES)",
+            {"Connection": "close"},
+        )
         self.code, self.message = "body_too_large", self.detail
 
 
-async def drain(receive: Receive, budget: int) -> None:
-    """Read and drop the rest of a request body, up to ``budget`` bytes. A client that writes
-    its whole body before reading (urllib, many others) then sees the 413 instead of a
-    connection reset from closing a socket with unread data."""
-    drained = 0
-    while drained <= budget:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        drained += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
-
-
 class IntakeMiddleware:
-    """Stamps arrival time, enforces the body cap (by Content-Length and while streaming,
-    draining a bounded remainder before answering 413), and records request count and latency
-    per route."""
+    """Stamps arrival time, enforces the body cap (by Content-Length and while streaming), sets
+    the security headers, and records request count and latency per route. A 413 is answered
+    at once; the rest of the body is read and dropped by the HTTP protocol
+    (:mod:`service.http_protocol`), so a client still sending never sees a reset."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
         self.app, self.limit, self.metrics = app, max_body_bytes, metrics
-        self.drain_limit = max(2 * max_body_bytes, DRAIN_MIN_BYTES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -51,6 +73,7 @@ class IntakeMiddleware:
             return
         arrival = time.perf_counter()
         scope.setdefault("state", {})["arrival"] = arrival
+        secure = security_headers(scope.get("path", ""))
         status = {"code": 500}
         headers = dict(scope.get("headers") or [])
         try:
@@ -58,9 +81,7 @@ class IntakeMiddleware:
         except ValueError:
             declared = -1
         if declared > self.limit:
-            if declared <= self.drain_limit:
-                await drain(receive, self.drain_limit)
-            await self._reject(send, BodyTooLarge(self.limit))
+            await self._reject(send, BodyTooLarge(self.limit), secure)
             self._record(scope, 413, arrival)
             return
         seen = 0
@@ -71,14 +92,13 @@ class IntakeMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    if message.get("more_body", False):
-                        await drain(receive, self.drain_limit - seen)
                     raise BodyTooLarge(self.limit)
             return message
 
         async def tracking_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                message["headers"] = [*message.get("headers", []), *secure]
             await send(message)
 
         try:
@@ -86,7 +106,9 @@ class IntakeMiddleware:
         finally:
             self._record(scope, status["code"], arrival)
 
-    async def _reject(self, send: Send, exc: BodyTooLarge) -> None:
+    async def _reject(
+        self, send: Send, exc: BodyTooLarge, extra: list[tuple[bytes, bytes]]
+    ) -> None:
         body = json.dumps(error_body(exc.code, exc.message)).encode()
         await send(
             {
@@ -96,6 +118,7 @@ class IntakeMiddleware:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(body)).encode()),
                     (b"connection", b"close"),
+                    *extra,
                 ],
             }
         )

@@ -50,8 +50,9 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
-    def start(self, timeout: float = 180) -> ServerProcess:
-        """Start and wait until /readyz answers 200; RuntimeError if the process exits."""
+    def start(self, timeout: float = 180, until: str = "readyz") -> ServerProcess:
+        """Start and wait until ``until`` (/readyz, or /livez for a server that may never be
+        ready) answers 200; RuntimeError if the process exits."""
         cmd = [sys.executable, "-m", "service", "--bundle", str(self.bundle),
                "--data-dir", str(self.data_dir), "--port", str(self.port)]  # fmt: skip
         if self.honour_modes:
@@ -67,14 +68,14 @@ class ServerProcess:
                 self._close_log()
                 tail = self.log.read_text()[-2000:] if self.log else ""
                 raise RuntimeError(f"server exited ({self.proc.returncode}): {tail}")
-            if self.ready():
+            if self.ready(until):
                 return self
             time.sleep(0.2)
         raise TimeoutError(f"server not ready after {timeout:.0f} s")
 
-    def ready(self) -> bool:
+    def ready(self, route: str = "readyz") -> bool:
         try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=1) as resp:
+            with urllib.request.urlopen(f"{self.url}/{route}", timeout=1) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError):
             return False

@@ -1,15 +1,21 @@
 """``python -m service.restore``: put a snapshot (POST /v1/admin/snapshot) back into a data dir.
 
-Each bundle's folder must not be written by a server at that moment (its writer lock says so)
-and must hold no items unless ``--force`` — all are checked before any is replaced; FAISS indexes
-are rebuilt from the restored SQLite when the server next opens a folder.
+The archive is checked against its own manifest (files, sizes, hashes, schema version) and
+each database against our schema before anything is written; free space must stay above
+``SDSSL_MIN_FREE_BYTES``. Each bundle's folder must not be written by a server at that moment
+(its writer lock says so) and must hold no items unless ``--force``. Any refusal is one line on
+stderr (exit 2) and leaves the data dir as it was. FAISS indexes are rebuilt from the restored
+SQLite when the server next opens a folder.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from pathlib import Path
+
+from pydantic import ValidationError
 
 from service.index import WriterLockHeld
 from service.settings import Settings
@@ -24,11 +30,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=None, help="default: SDSSL_DATA_DIR")
     parser.add_argument("--force", action="store_true", help="replace the items already there")
     args = parser.parse_args(argv)
-    data_dir = args.data_dir or Settings().data_dir
     try:
-        done = restore(args.snapshot, data_dir, force=args.force)
+        settings = Settings()
+        data_dir = args.data_dir or settings.data_dir
+        done = restore(args.snapshot, data_dir, args.force, settings.min_free_bytes)
     except (SnapshotError, WriterLockHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"error: settings: {exc.errors()[0]['msg']}", file=sys.stderr)
+        return 2
+    except (OSError, sqlite3.Error) as exc:
+        print(f"error: cannot restore {args.snapshot.name}: {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
         return 2
     for bid, items in done.bundles.items():
         print(f"restored {items} items of bundle {bid[:12]} into {done.path / bid}")

@@ -19,15 +19,15 @@ How nothing is lost or resurrected — every write to a runtime's index holds it
   keep mirroring until the old runtime closes.
 
 Items without a kept input cannot be re-embedded; the job lists them as needing re-upload.
-After a swap ``<data dir>/serving.json`` records it, so a restart with the old ``SDSSL_BUNDLE``
-serves the new bundle (whose index holds the writes made since) and says so in the log.
+After a swap ``<data dir>/serving.json`` records it (:mod:`service.serving`), so a restart with
+the old ``SDSSL_BUNDLE`` serves the new bundle (whose index holds the writes made since) and says
+so in the log.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -36,22 +36,37 @@ from typing import Any
 
 import numpy as np
 
-from export.manifest import bundle_id
+from export.manifest import BundleIntegrityError, bundle_id
 from service.engine import ALL_EXITS
-from service.errors import APIError
+from service.errors import APIError, StorageError
 from service.images import prepare
-from service.index.storage import fsync_write
+from service.index import IndexMismatch, WriterLockHeld
 from service.jobs import MISSING_LISTED, Job, JobStore
 from service.metrics import Metrics
 from service.runtime import Runtime, RuntimeHolder, load_runtime, report_device
+from service.serving import NotServable, record_serving
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-SERVING = "serving.json"
 
 
 class RolloutError(RuntimeError):
     """A rollout that cannot start or go on (one-line reason for the client)."""
+
+
+def public_reason(exc: BaseException, failed: str = "it failed") -> str:
+    """What a client may read of a failure (a job's error, a refused reload): the bundle's or
+    the storage's own one-line reason, never a path or the text of an unexpected exception —
+    those go to the server log."""
+    if isinstance(
+        exc, BundleIntegrityError | IndexMismatch | StorageError | RolloutError | NotServable
+    ):
+        return str(exc)
+    if isinstance(exc, WriterLockHeld):
+        return f"its index is held by another writer (pid {exc.pid})"
+    if isinstance(exc, OSError):
+        failed = f"{failed}: {exc.strerror or 'I/O error'}"
+    return f"{failed} ({type(exc).__name__}; details in the server log)"
 
 
 class Rollout:
@@ -94,7 +109,8 @@ class Rollout:
             return await asyncio.to_thread(self._embed_sync, pngs)
         except Exception as exc:
             if self.job.active and self.target is not None:
-                self.fail(f"the new bundle failed to embed: {type(exc).__name__}: {exc}")
+                log.warning("rollout %s: the new bundle failed to embed: %r", self.job.id, exc)
+                self.fail(f"the new bundle failed to embed: {public_reason(exc)}")
             return None
 
     # ---- mirrored writes (the caller holds the source's write lock) ----------------------------
@@ -122,7 +138,8 @@ class Rollout:
             self.job.mirrored += len(ok)
             self.manager.metrics.rollout_items.labels("mirrored").inc(len(ok))
         except Exception as exc:  # the served bundle's write stands; the rollout cannot
-            self.fail(f"a mirrored write failed: {type(exc).__name__}: {exc}")
+            log.warning("rollout %s: a mirrored write failed: %r", self.job.id, exc)
+            self.fail(f"a mirrored write failed: {public_reason(exc)}")
 
     async def mirror_delete(self, item_id: str) -> None:
         if self.target is None:
@@ -130,7 +147,8 @@ class Rollout:
         try:
             await asyncio.to_thread(self.target.index.delete, item_id)
         except Exception as exc:
-            self.fail(f"a mirrored delete failed: {exc}")
+            log.warning("rollout %s: a mirrored delete failed: %r", self.job.id, exc)
+            self.fail(f"a mirrored delete failed: {public_reason(exc)}")
 
     # ---- the job -------------------------------------------------------------------------------
     async def load_target(self) -> None:
@@ -173,8 +191,7 @@ class Rollout:
             raise
         except Exception as exc:
             log.exception("rollout %s failed", job.id)
-            self.fail(str(exc) if isinstance(exc, RolloutError) else
-                      f"{type(exc).__name__}: {exc}")  # fmt: skip
+            self.fail(public_reason(exc, "the rollout failed"))
 
     async def _rows(self) -> list[tuple[int, str, Any, bytes | None]]:
         job = self.job
@@ -256,7 +273,10 @@ class Rollout:
             report_device(self.target, m.metrics)
             for d, n in self.target.index.index_sizes().items():
                 m.metrics.items.labels(str(d)).set(n)
-            await asyncio.to_thread(m.record_serving, self)
+            await asyncio.to_thread(
+                record_serving, m.settings.data_dir, Path(job.bundle), self.target.bundle_id,
+                self.source.bundle_id, f"rollout {job.id}",
+            )  # fmt: skip
             job.state, job.finished_at = "swapped", time.time()
             await self.save()
             m.active = None
@@ -367,7 +387,8 @@ class Rollouts:
             try:
                 await rollout.load_target()
             except Exception as exc:
-                rollout.fail(f"cannot load the bundle again: {exc}")
+                log.warning("rollout %s: cannot load %s again: %r", job.id, job.bundle, exc)
+                rollout.fail(f"cannot load the bundle again: {public_reason(exc)}")
                 continue
             log.info("rollout %s resumes at item #%d (%d done)", job.id, job.cursor, job.done)
             self._launch(rollout)
@@ -385,47 +406,6 @@ class Rollouts:
         await rollout.save()
         if rollout.target is not None:
             await rollout.target.close()
-
-    # ---- what serves after a restart -----------------------------------------------------------
-    def record_serving(self, rollout: Rollout) -> None:
-        """Note the swap in ``serving.json``: the bundle now served and every bundle it replaced
-        (a chain of rollouts with SDSSL_BUNDLE never updated still lands on the newest)."""
-        record = self.settings.data_dir / SERVING
-        earlier: list[str] = []
-        try:
-            old = json.loads(record.read_text())
-            if old.get("bundle_id") == rollout.job.source:
-                earlier = list(old.get("replaces", []))
-        except (OSError, ValueError, AttributeError):
-            pass
-        info = {"bundle": rollout.job.bundle, "bundle_id": rollout.job.target,
-                "replaces": [rollout.job.source, *earlier], "job": rollout.job.id,
-                "at": time.time()}  # fmt: skip
-        fsync_write(record, json.dumps(info).encode())
-
-
-def bundle_to_serve(settings: Settings) -> Path:
-    """``settings.bundle``, unless rollouts moved serving from it to another bundle (then that
-    one: its index holds the writes made since, which the old one lacks)."""
-    record = settings.data_dir / SERVING
-    if not record.is_file():
-        return settings.bundle
-    try:
-        info = json.loads(record.read_text())
-        if bundle_id(settings.bundle) not in info.get("replaces", []):
-            return settings.bundle
-        moved = Path(info["bundle"])
-        if bundle_id(moved) != info.get("bundle_id"):
-            log.warning("rollout %s moved serving to %s, which has changed since; serving %s",
-                        info.get("job"), moved, settings.bundle)  # fmt: skip
-            return settings.bundle
-    except (OSError, ValueError, KeyError, TypeError):
-        return settings.bundle
-    log.warning(
-        "SDSSL_BUNDLE is %s, but rollout %s moved serving to %s: serving that (set "
-        "SDSSL_BUNDLE to it to silence this)", settings.bundle, info.get("job"), moved,
-    )  # fmt: skip
-    return moved
 
 
 @contextlib.asynccontextmanager

@@ -218,7 +218,7 @@ class SnapshotOut(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "name": "9d2f0c1e7a3b-20261202T061500Z.tar",
+                    "name": "9d2f0c1e7a3b-20261202T061500123Z.tar",
                     "model": "9d2f…",
                     "bundles": {"9d2f…": 100000},
                     "items": 100000,
@@ -234,6 +234,17 @@ class SnapshotOut(BaseModel):
     items: int = Field(description="items in the snapshot, all bundles together")
     bytes: int
     seconds: float
+
+
+class SnapshotFile(BaseModel):
+    name: str = Field(examples=["9d2f0c1e7a3b-20261202T061500123Z.tar"])
+    bytes: int
+    created_at: float = Field(description="Unix time")
+
+
+class SnapshotsOut(BaseModel):
+    snapshots: list[SnapshotFile] = Field(description="newest first")
+    keep: int = Field(description="how many are kept (SDSSL_SNAPSHOT_KEEP; 0: all)")
 
 
 class RolloutIn(BaseModel):
@@ -308,9 +319,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         400: "malformed request or image",
         401: "missing or wrong API key",
         404: "unknown item",
+        408: "headers or body too slow (SDSSL_HEADER_TIMEOUT_S, SDSSL_BODY_TIMEOUT_S)",
         413: "body, image or image count over the limits",
         415: "unsupported media type or image format",
         422: "invalid parameters",
+        431: "request line and headers over SDSSL_MAX_HEADER_BYTES",
         503: "loading, or overloaded (see Retry-After)",
     }.items()
 }

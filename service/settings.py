@@ -12,7 +12,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     """Every option is also a ``python -m service`` flag (``--max-batch``: ``SDSSL_MAX_BATCH``)."""
 
-    model_config = SettingsConfigDict(env_prefix="SDSSL_", extra="ignore")
+    # hide_input_in_errors: a validation error's text never carries the values (keys included)
+    model_config = SettingsConfigDict(
+        env_prefix="SDSSL_", extra="ignore", hide_input_in_errors=True
+    )
 
     bundle: Path = Field(Path("artifacts/bundles/default"), description="bundle directory to serve")
     data_dir: Path = Field(
@@ -58,6 +61,26 @@ class Settings(BaseSettings):
     max_metadata_depth: int = Field(
         16, ge=1, description="nesting of objects and arrays in an item's metadata (422 above it)"
     )
+    max_search_results: int = Field(
+        10_000,
+        ge=1,
+        description="hits one search request may ask for: queries × k (422 above it)",
+    )
+    max_reply_bytes: int = Field(
+        32 * 2**20,
+        ge=4096,
+        description="a search answer's ids and metadata, in bytes (422 above it; ask with "
+        "metadata=false to leave metadata out); a listing page stops short of it",
+    )
+    max_filter_work: int = Field(
+        10_000_000,
+        ge=1,
+        description="items × filter conditions one metadata filter may check: a filter that "
+        "would check more is refused (422) before it runs",
+    )
+    max_header_bytes: int = Field(
+        65536, ge=1024, description="a request's request line and headers together (431 above it)"
+    )
     header_timeout_s: float = Field(
         10.0, gt=0, description="a request's headers must arrive within this (else closed)"
     )
@@ -76,6 +99,12 @@ class Settings(BaseSettings):
     snapshot_every: int = Field(
         1000, ge=1, description="persist FAISS snapshots after this many item changes"
     )
+    snapshot_keep: int = Field(
+        10,
+        ge=0,
+        description="snapshots (POST /v1/admin/snapshot) kept in the data dir: a new one removes "
+        "the oldest beyond this many (0: keep all)",
+    )
     keep_inputs: bool = Field(
         True,
         description="keep a copy of each added image (lossless PNG, shorter side at most "
@@ -88,13 +117,19 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None,
         description="the admin key: required on writes and admin routes when set (Bearer or "
-        "X-API-Key); it also opens every read route",
+        "X-API-Key); it also opens every read route. From the environment only (a flag would "
+        "show in `ps`); or use api_key_file",
+    )
+    api_key_file: Path | None = Field(
+        None, description="a file holding the admin key (e.g. a Docker or Kubernetes secret)"
     )
     read_key: SecretStr | None = Field(
         None,
-        description="when set, embeddings, search and item reads/listing need it (or the admin "
-        "key); health, metrics, /v1/model and the docs stay open",
+        description="when set, embeddings, search, item reads and listing, /v1/model and "
+        "/metrics need it (or the admin key); needs api_key too. From the environment only; or "
+        "use read_key_file",
     )
+    read_key_file: Path | None = Field(None, description="a file holding the read key")
     cors_origins: list[str] = Field(
         default_factory=list,
         description="allowed CORS origins, a JSON list; CORS is off unless set",
@@ -128,6 +163,29 @@ class Settings(BaseSettings):
         if v is not None and not v.get_secret_value():
             return None
         return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> Settings:
+        for name in ("api_key", "read_key"):
+            path = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            if getattr(self, name) is not None:
+                raise ValueError(f"give SDSSL_{name.upper()} or {name}_file, not both")
+            try:
+                key = path.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                raise ValueError(f"cannot read {name}_file {path}: {reason}") from None
+            if not key:
+                raise ValueError(f"{name}_file {path} is empty")
+            setattr(self, name, SecretStr(key))
+        if self.read_key is not None and self.api_key is None:
+            raise ValueError(
+                "a read key is set but no admin key: writes and admin routes would be open to "
+                "anyone; set SDSSL_API_KEY (or api_key_file) too"
+            )
+        return self
 
     @field_validator("index_factory")
     @classmethod

@@ -55,6 +55,8 @@ def _form(fields: dict[str, Any]) -> dict[str, Any]:
     for k, v in _drop_none(fields).items():
         if isinstance(v, dict):  # a JSON document (filter, metadata)
             out[k] = json.dumps(v)
+        elif isinstance(v, bool):
+            out[k] = "true" if v else "false"
         elif isinstance(v, list):
             out[k] = [json.dumps(x) if not isinstance(x, str) else x for x in v]
         else:
@@ -82,18 +84,20 @@ def search(
     budget_ms: float | None,
     k: int,
     filter: dict | None,
+    metadata: bool = True,
 ) -> Call:
     parse = lambda r: SearchResult.parse(r.json())  # noqa: E731
+    leave_out = None if metadata else False  # the server's default is true: send only false
     if (image is None) == (vector is None):
         raise ValueError("give an image or a vector (with its exit_depth)")
     if vector is not None:
         if exit_depth is None:
             raise ValueError("a vector needs the exit_depth it came from")
-        body = _drop_none(
-            {"vector": _vector_b64(vector), "exit_depth": exit_depth, "k": k, "filter": filter}
-        )
+        body = _drop_none({"vector": _vector_b64(vector), "exit_depth": exit_depth, "k": k,
+                           "filter": filter, "metadata": leave_out})  # fmt: skip
         return Call("POST", "/v1/search", parse, json=body)
-    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "k": k, "filter": filter})
+    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "k": k, "filter": filter,
+                  "metadata": leave_out})  # fmt: skip
     return Call("POST", "/v1/search", parse, data=data, files=_files("image", [to_bytes(image)]))
 
 
@@ -104,8 +108,10 @@ def search_batch(
     budget_ms: float | None,
     k: int,
     filter: dict | None,
+    metadata: bool = True,
 ) -> Call:
     parse = lambda r: BatchSearchResult.parse(r.json())  # noqa: E731
+    leave_out = None if metadata else False
     if (images is None) == (vectors is None):
         raise ValueError("give images or vectors (with their exit_depth)")
     if vectors is not None:
@@ -117,10 +123,12 @@ def search_batch(
                 "exit_depth": exit_depth,
                 "k": k,
                 "filter": filter,
+                "metadata": leave_out,
             }
         )
         return Call("POST", "/v1/search/batch", parse, json=body)
-    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "k": k, "filter": filter})
+    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "k": k, "filter": filter,
+                  "metadata": leave_out})  # fmt: skip
     return Call("POST", "/v1/search/batch", parse, data=data, files=_files("images", many(images)))
 
 

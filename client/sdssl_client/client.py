@@ -126,10 +126,13 @@ class Client(_Base):
         budget_ms: float | None = None,
         k: int = 10,
         filter: dict | None = None,
+        metadata: bool = True,
     ) -> SearchResult:
         """The k nearest items to an image (or to a vector, with the exit_depth it came from),
-        among those whose metadata matches ``filter``."""
-        return self._send(calls.search(image, vector, exit_depth, budget_ms, k, filter))
+        among those whose metadata matches ``filter``; ``metadata=False`` leaves the hits'
+        metadata out (a smaller answer)."""
+        call = calls.search(image, vector, exit_depth, budget_ms, k, filter, metadata)
+        return self._send(call)
 
     def search_batch(
         self,
@@ -140,9 +143,11 @@ class Client(_Base):
         budget_ms: float | None = None,
         k: int = 10,
         filter: dict | None = None,
+        metadata: bool = True,
     ) -> BatchSearchResult:
         """Many searches in one request, one budget for all; results in query order."""
-        return self._send(calls.search_batch(images, vectors, exit_depth, budget_ms, k, filter))
+        call = calls.search_batch(images, vectors, exit_depth, budget_ms, k, filter, metadata)
+        return self._send(call)
 
     # ---- items ---------------------------------------------------------------------------------
     def add(
@@ -307,8 +312,10 @@ class AsyncClient(_Base):
         budget_ms: float | None = None,
         k: int = 10,
         filter: dict | None = None,
+        metadata: bool = True,
     ) -> SearchResult:
-        return await self._send(calls.search(image, vector, exit_depth, budget_ms, k, filter))
+        call = calls.search(image, vector, exit_depth, budget_ms, k, filter, metadata)
+        return await self._send(call)
 
     async def search_batch(
         self,
@@ -319,8 +326,9 @@ class AsyncClient(_Base):
         budget_ms: float | None = None,
         k: int = 10,
         filter: dict | None = None,
+        metadata: bool = True,
     ) -> BatchSearchResult:
-        call = calls.search_batch(images, vectors, exit_depth, budget_ms, k, filter)
+        call = calls.search_batch(images, vectors, exit_depth, budget_ms, k, filter, metadata)
         return await self._send(call)
 
     async def add(

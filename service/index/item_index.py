@@ -10,6 +10,7 @@ restored from the still-open database, so nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import sqlite3
@@ -22,16 +23,18 @@ from typing import Any
 import numpy as np
 
 from export.manifest import Manifest
-from service.index.filters import compile_filter
+from service.errors import APIError
+from service.index.filters import Filter, compile_filter
 from service.index.lock import WriterLock, WriterLockHeld
 from service.index.storage import Storage, StorageError, from_os_error, fsync_rename
-from service.index.store import DATABASE, ItemStore
+from service.index.store import DATABASE, ItemStore, Reader
 from service.index.vectors import VectorIndexes
 from service.jsonio import dumps_canonical, loads_stored
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
 CHECKED_VECTORS = 32  # items whose stored vectors are compared with FAISS's at load
+HIT_BYTES = 64  # a hit's JSON besides its id and metadata: keys, score, punctuation
 
 
 def open_index(
@@ -47,6 +50,7 @@ def open_index(
         settings.snapshot_every,
         use_gpu=use_gpu,
         min_free_bytes=settings.min_free_bytes,
+        max_filter_work=settings.max_filter_work,
     )
 
 
@@ -54,7 +58,11 @@ def open_index(
 class Hit:
     id: str
     score: float
-    metadata: Any
+    metadata_json: str | None  # as stored (canonical JSON); None: none, or not asked for
+
+    @property
+    def metadata(self) -> Any:
+        return loads_stored(self.metadata_json)
 
 
 class ItemIndex:
@@ -70,8 +78,10 @@ class ItemIndex:
         snapshot_every: int = 1000,
         use_gpu: bool = False,
         min_free_bytes: int = 0,
+        max_filter_work: int = 10**12,
     ) -> None:
         self.root, self.bundle_id = root, bundle_id
+        self.max_filter_work = max_filter_work
         self.exit_depths, self.dim = list(exit_depths), dim
         self.depth = max(exit_depths)  # rows stored per item: every depth 1..L
         self.snapshot_every = snapshot_every
@@ -82,6 +92,7 @@ class ItemIndex:
         try:
             owner = {"bundle_id": bundle_id, "dim": str(dim), "depth": str(self.depth)}
             self.store = ItemStore(root, owner, self.depth, dim)
+            self.reader = Reader(self.store.path)
             self.storage = Storage(root, self.store.path, min_free_bytes)
             self.vectors = VectorIndexes(root, self.exit_depths, dim, factory, use_gpu)
             if self.store.count() >= self.vectors.min_train:
@@ -90,6 +101,7 @@ class ItemIndex:
             how = self._load()
         except BaseException:
             if hasattr(self, "store"):
+                self.reader.close()
                 self.store.close()
             self._writer.release()
             raise
@@ -188,18 +200,25 @@ class ItemIndex:
         self._writer.release()
         self._writer = writer
         self.store.reopen()
+        self.reader.reopen()
         self.storage.reopened()
         log.warning("index %s: the data folder was removed while in use; restored %d items "
                     "from the open database", self.root.name[:12], self.store.count())  # fmt: skip
         self._safe_snapshot()
 
     def health(self) -> str | None:
-        """Why writes would fail now (missing, read-only or full storage), or None."""
-        with self._lock:
-            try:
-                self._usable()
-            except StorageError as exc:
-                return str(exc)
+        """Why writes would fail now (missing, read-only or full storage), or None. Never waits
+        for the index: while a write or search holds it, the storage is checked without it
+        (a deleted folder is then restored by the next write)."""
+        if not self._lock.acquire(blocking=False):
+            problem = self.storage.problem()
+            return None if problem is None else str(problem)
+        try:
+            self._usable()
+        except StorageError as exc:
+            return str(exc)
+        finally:
+            self._lock.release()
         return None
 
     def _write(self, what: str, fn: Any) -> Any:
@@ -254,24 +273,65 @@ class ItemIndex:
             return None
         return {"id": row[0], "metadata": loads_stored(row[1]), "created_at": row[2]}
 
+    def _reader(self) -> Reader:
+        """The read-only connections — after restoring the folder if it was deleted while in
+        use (a connection opened now would find no database file)."""
+        if self.storage.moved():
+            with self._lock, contextlib.suppress(StorageError):
+                self._usable()
+        return self.reader
+
+    def size(self) -> int:
+        """Items as the nearest-neighbour index counts them, without SQL or the lock (deleted
+        items an index cannot remove count until its next rebuild)."""
+        return max((int(index.ntotal) for index in self.vectors.indexes.values()), default=0)
+
+    def compile(self, filter: Any) -> Filter:
+        """A metadata filter (:mod:`.filters`) compiled, and refused (422) when a scan of every
+        item would make more than ``max_filter_work`` condition checks — before it runs."""
+        compiled = compile_filter(filter)
+        items = self.size()
+        if compiled.cost(items) > self.max_filter_work:
+            raise APIError(
+                422,
+                "filter_too_costly",
+                f"this filter checks {compiled.conditions} conditions on each of {items} items "
+                f"({compiled.cost(items)} checks); the limit is {self.max_filter_work} "
+                "(SDSSL_MAX_FILTER_WORK): use fewer conditions",
+            )
+        return compiled
+
     def count(self, filter: Any = None) -> int:
-        """Items, or those a metadata filter (:mod:`.filters`) selects."""
-        where, params = compile_filter(filter)
-        with self._lock:
-            return self.store.count(where, params)
+        """Items, or those a metadata filter selects (a scan that holds no lock)."""
+        compiled = self.compile(filter)
+        return self._reader().count(compiled.where, compiled.params)
 
     def page(
-        self, limit: int, after: int = 0, filter: Any = None
-    ) -> tuple[list[dict[str, Any]], int | None]:
-        """Up to ``limit`` items after the cursor ``after`` (a num_id) in insertion order, and
-        the cursor of the next page (None at the end)."""
-        where, params = compile_filter(filter)
-        with self._lock:
-            rows = self.store.page(after, limit + 1, where, params)
+        self,
+        limit: int,
+        after: str | None = None,
+        filter: Any = None,
+        max_bytes: int | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Up to ``limit`` items with ids after ``after``, in id order, fewer where their ids
+        and metadata would pass ``max_bytes``; and the id the next page starts after (None at
+        the end). Holds no lock: writes go on, and a replaced item keeps its place."""
+        compiled = self.compile(filter)
+        rows = self._reader().page(after, limit + 1, compiled.where, compiled.params)
         more = len(rows) > limit and limit > 0
         rows = rows[:limit]
-        items = [{"id": r[1], "metadata": loads_stored(r[2]), "created_at": r[3]} for r in rows]
-        return items, (rows[-1][0] if more else None)
+        if max_bytes is not None:
+            weight, fit = 0, 0
+            for item_id, meta_bytes, _ in rows:
+                weight += len(item_id.encode()) + meta_bytes + HIT_BYTES
+                if weight > max_bytes and fit:
+                    break
+                fit += 1
+            more, rows = more or fit < len(rows), rows[:fit]
+        texts = self._reader().metadata_of([r[0] for r in rows])
+        items = [{"id": i, "metadata": loads_stored(texts[i]), "created_at": created}
+                 for i, _, created in rows if i in texts]  # fmt: skip
+        return items, (rows[-1][0] if more and rows else None)
 
     def with_inputs(
         self, after: int, limit: int, upto: int
@@ -319,29 +379,47 @@ class ItemIndex:
             return self.vectors.sizes()
 
     def search(
-        self, exit_depth: int, queries: np.ndarray, k: int, filter: Any = None
+        self,
+        exit_depth: int,
+        queries: np.ndarray,
+        k: int,
+        filter: Any = None,
+        metadata: bool = True,
+        max_bytes: int | None = None,
     ) -> list[list[Hit]]:
         """Top-k items by cosine for each query row at one exit depth, among those a metadata
-        filter selects when given."""
+        filter selects when given. The filter's scan and the hits' rows are read without the
+        lock (FAISS alone needs it). 422 when the hits' ids and metadata (if asked for) would
+        weigh more than ``max_bytes`` — checked before any metadata is read."""
         allowed = None
+        if filter is not None:
+            compiled = self.compile(filter)
+            allowed = self._reader().matching(compiled.where, compiled.params)
+            if not len(allowed):
+                return [[] for _ in range(len(queries))]
         with self._lock:
-            if filter is not None:
-                allowed = self.store.matching(*compile_filter(filter))
-            if self.vectors.sizes()[exit_depth] == 0 or (allowed is not None and not len(allowed)):
+            if self.vectors.sizes()[exit_depth] == 0:
                 return [[] for _ in range(len(queries))]
             scores, nums = self.vectors.search(exit_depth, queries, k, allowed)
-            found = self.store.lookup(sorted({int(n) for n in nums.ravel() if n >= 0}))
-        results = []
+        found = self._reader().sizes(sorted({int(n) for n in nums.ravel() if n >= 0}))
+        picked = []
         for row_scores, row_nums in zip(scores, nums, strict=True):
-            hits = []
-            for s, n in zip(row_scores, row_nums, strict=True):
-                if n >= 0 and int(n) in found:
-                    item_id, meta = found[int(n)]
-                    hits.append(Hit(item_id, float(s), loads_stored(meta)))
-                if len(hits) == k:
-                    break
-            results.append(hits)
-        return results
+            row = [(int(n), float(s)) for s, n in zip(row_scores, row_nums, strict=True)
+                   if n >= 0 and int(n) in found]  # fmt: skip
+            picked.append(row[:k])
+        used = sorted({n for row in picked for n, _ in row})
+        if max_bytes is not None:
+            weight = sum(len(found[n][0].encode()) + HIT_BYTES + (found[n][1] if metadata else 0)
+                         for row in picked for n, _ in row)  # fmt: skip
+            if weight > max_bytes:
+                raise APIError(
+                    422,
+                    "reply_too_large",
+                    f"the answer would be about {weight} bytes; the limit is {max_bytes} "
+                    "(SDSSL_MAX_REPLY_BYTES): ask for fewer results, or metadata=false",
+                )
+        texts = self._reader().metadata(used) if metadata else {}
+        return [[Hit(found[n][0], s, texts.get(n)) for n, s in row] for row in picked]
 
     def consistency(self) -> dict[str, Any]:
         """Ids in SQLite vs ids in each FAISS index (for tests and the crash suite)."""
@@ -393,5 +471,6 @@ class ItemIndex:
                 if self._changes:
                     self._safe_snapshot()
             finally:
+                self.reader.close()
                 self.store.close()
                 self._writer.release()

@@ -6,6 +6,9 @@ while their snapshots trim the shared change log — items acknowledged by one w
 found by search again. The lock is per bundle folder, the unit of shared state: a new bundle can
 still be indexed offline while a server serves another from the same data dir. The kernel drops
 the lock when its holder exits, kill -9 included.
+
+The file (mode 0600) names the holder by pid and start time only: never its command line, which
+may carry secrets.
 """
 
 from __future__ import annotations
@@ -14,8 +17,6 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
-import sys
 import time
 from pathlib import Path
 
@@ -33,9 +34,10 @@ class WriterLockHeld(Refusal):
 
 
 def _describe(info: dict) -> str:
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(info.get("since", 0)))
-    who = f"pid {info.get('pid', '?')} on {info.get('host', '?')}"
-    return f"{who} ({info.get('command', '?')}, since {since})"
+    pid, since = info.get("pid"), info.get("since")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(since)) if isinstance(
+        since, int | float) else "?"  # fmt: skip
+    return f"pid {pid if isinstance(pid, int) else '?'} (since {when})"
 
 
 class WriterLock:
@@ -51,7 +53,7 @@ class WriterLock:
 
     def acquire(self) -> WriterLock:
         """Take the lock or raise :class:`WriterLockHeld` naming the holder; never waits."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -62,12 +64,8 @@ class WriterLock:
                 "(one writer per bundle folder of the data dir)",
                 info.get("pid"),
             ) from None
-        info = {
-            "pid": os.getpid(),
-            "host": socket.gethostname(),
-            "command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])[:200],
-            "since": time.time(),
-        }
+        info = {"pid": os.getpid(), "since": time.time()}
+        os.fchmod(fd, 0o600)  # also a file an older version made 0644
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd

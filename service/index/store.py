@@ -10,6 +10,7 @@ snapshot can never hold a stale meaning for one.
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +33,60 @@ CREATE TABLE IF NOT EXISTS log (
 );
 """
 DATABASE = "items.sqlite"
+SCHEMA_VERSION = 1  # a snapshot's manifest names it; restore takes only this one
 SQL_PARAMS = 900  # SQLite's bound-parameter limit is 999 on older builds
+
+
+def _objects(db: sqlite3.Connection) -> set[tuple[str, str, str, str | None]]:
+    rows = db.execute("SELECT type, name, tbl_name, sql FROM sqlite_master").fetchall()
+    return {(t, n, tbl, None if sql is None else " ".join(sql.split())) for t, n, tbl, sql in rows}
+
+
+def _expected_objects() -> set[tuple[str, str, str, str | None]]:
+    db = sqlite3.connect(":memory:")
+    try:
+        db.executescript(SCHEMA)
+        return _objects(db)
+    finally:
+        db.close()
+
+
+def foreign_database_problem(db: sqlite3.Connection, bundle_id: str) -> str | None:
+    """Why a database from outside (a snapshot being restored) is not one of ours for
+    ``bundle_id``, or None: exactly our tables and indexes (no triggers, no views), this bundle's
+    owner record, and rows the server can read (every item has one vector of the same size, and
+    JSON metadata)."""
+    found, expected = _objects(db), _expected_objects()
+    if found != expected:
+        extra = sorted(f"{t} {n}" for t, n, _, _ in found - expected)
+        missing = sorted(f"{t} {n}" for t, n, _, _ in expected - found)
+        what = "; ".join(p for p in (f"unexpected: {', '.join(extra)[:200]}" if extra else "",
+                                      f"missing or altered: {', '.join(missing)[:200]}"
+                                      if missing else "") if p)  # fmt: skip
+        return f"its schema is not ours ({what})"
+    meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+    if meta.get("bundle_id") != bundle_id:
+        return "its owner record names another bundle"
+    try:
+        row_bytes = 4 * int(meta["depth"]) * int(meta["dim"])
+    except (KeyError, ValueError):
+        return "its owner record has no model shape"
+    checks = {
+        "items without a vector": "SELECT COUNT(*) FROM items LEFT JOIN vectors USING (num_id) "
+        "WHERE vectors.num_id IS NULL",
+        "vectors without an item": "SELECT COUNT(*) FROM vectors LEFT JOIN items USING (num_id) "
+        "WHERE items.num_id IS NULL",
+        "vectors of the wrong size": f"SELECT COUNT(*) FROM vectors WHERE typeof(data) != "
+        f"'blob' OR length(data) != {row_bytes}",
+        "metadata that is not JSON": "SELECT COUNT(*) FROM items WHERE metadata IS NOT NULL "
+        "AND (typeof(metadata) != 'text' OR NOT json_valid(metadata))",
+        "ids that are not text": "SELECT COUNT(*) FROM items WHERE typeof(id) != 'text'",
+        "log entries of unknown kind": "SELECT COUNT(*) FROM log WHERE op NOT IN ('add', 'del')",
+    }
+    for what, sql in checks.items():
+        if n := db.execute(sql).fetchone()[0]:
+            return f"it holds {n} {what}"
+    return None
 
 
 class IndexMismatch(RuntimeError):
@@ -154,24 +208,8 @@ class ItemStore:
             "SELECT id, metadata, created_at FROM items WHERE id = ?", (item_id,)
         ).fetchone()
 
-    def count(self, where: str = "1", params: list | None = None) -> int:
-        """Items matching a compiled filter (:mod:`.filters`); all by default."""
-        sql = f"SELECT COUNT(*) FROM items WHERE {where}"
-        return self.db.execute(sql, params or []).fetchone()[0]
-
-    def page(
-        self, after: int, limit: int, where: str = "1", params: list | None = None
-    ) -> list[tuple[int, str, str | None, float]]:
-        """``(num_id, id, metadata, created_at)`` of up to ``limit`` matching items with
-        num_id > ``after``, in num_id order (new items come last: a stable scroll)."""
-        sql = (f"SELECT num_id, id, metadata, created_at FROM items WHERE num_id > ? AND "
-               f"({where}) ORDER BY num_id LIMIT ?")  # fmt: skip
-        return self.db.execute(sql, [after, *(params or []), limit]).fetchall()
-
-    def matching(self, where: str, params: list) -> np.ndarray:
-        """num_ids of the items a compiled filter selects."""
-        rows = self.db.execute(f"SELECT num_id FROM items WHERE {where}", params).fetchall()
-        return np.array([r[0] for r in rows], dtype=np.int64)
+    def count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def vector_of(self, item_id: str) -> np.ndarray | None:
         """``[L, D]``: an item's stored embeddings at every depth."""
@@ -252,18 +290,6 @@ class ItemStore:
         ).fetchall()
         return np.stack([self.decode(r[0]) for r in rows])
 
-    def lookup(self, num_ids: list[int]) -> dict[int, tuple[str, str | None]]:
-        """num_id → (id, metadata text) for those that exist."""
-        found: dict[int, tuple[str, str | None]] = {}
-        for start in range(0, len(num_ids), SQL_PARAMS):
-            part = num_ids[start : start + SQL_PARAMS]
-            marks = ",".join("?" * len(part))
-            for num_id, item_id, meta in self.db.execute(
-                f"SELECT num_id, id, metadata FROM items WHERE num_id IN ({marks})", part
-            ):
-                found[num_id] = (item_id, meta)
-        return found
-
     # ---- lifecycle -----------------------------------------------------------------------------
     def copy_to(self, path: Path) -> None:
         """Copy the whole database (SQLite's online backup) to ``path`` — also when the file we
@@ -280,3 +306,79 @@ class ItemStore:
 
     def close(self) -> None:
         self.db.close()
+
+
+class Reader:
+    """Read-only connections to a store's database, one per thread, for the reads that scan
+    (filters, counts, listing) or fetch many rows (search hits): WAL gives each statement a
+    consistent view beside the writer, so they never hold the index's lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.uri = f"{path.resolve().as_uri()}?mode=ro"
+        self._local = threading.local()
+        self._opened: list[sqlite3.Connection] = []
+        self._guard = threading.Lock()
+        self._generation = 0
+
+    def _db(self) -> sqlite3.Connection:
+        local = self._local
+        if getattr(local, "generation", None) != self._generation:
+            db = sqlite3.connect(self.uri, uri=True, check_same_thread=False)
+            with self._guard:
+                self._opened.append(db)
+            local.db, local.generation = db, self._generation
+        return local.db
+
+    def reopen(self) -> None:
+        """The database file was replaced (a restore): every thread opens it again."""
+        self._generation += 1
+
+    def count(self, where: str = "1", params: tuple = ()) -> int:
+        """Items matching a compiled filter (:mod:`.filters`); all by default."""
+        sql = f"SELECT COUNT(*) FROM items WHERE {where}"
+        return self._db().execute(sql, params).fetchone()[0]
+
+    def page(
+        self, after: str | None, limit: int, where: str = "1", params: tuple = ()
+    ) -> list[tuple[str, int, float]]:
+        """``(id, metadata bytes, created_at)`` of up to ``limit`` matching items with ids
+        after ``after``, in id order: a scroll that neither skips nor repeats an item, whatever
+        is written meanwhile (a replaced item keeps its id, and its place)."""
+        sql = (f"SELECT id, coalesce(length(CAST(metadata AS BLOB)), 0), created_at FROM items "
+               f"WHERE id > ? AND ({where}) ORDER BY id LIMIT ?")  # fmt: skip
+        return self._db().execute(sql, (after or "", *params, limit)).fetchall()
+
+    def matching(self, where: str, params: tuple) -> np.ndarray:
+        """num_ids of the items a compiled filter selects."""
+        rows = self._db().execute(f"SELECT num_id FROM items WHERE {where}", params).fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def sizes(self, num_ids: list[int]) -> dict[int, tuple[str, int]]:
+        """num_id → (id, metadata bytes) for those that exist: what a reply will weigh,
+        before any metadata is read."""
+        sql = ("SELECT num_id, id, coalesce(length(CAST(metadata AS BLOB)), 0) FROM items "
+               "WHERE num_id IN ({})")  # fmt: skip
+        return {n: (i, b) for n, i, b in self._chunked(sql, num_ids)}
+
+    def metadata(self, num_ids: list[int]) -> dict[int, str | None]:
+        """num_id → metadata text for those that exist."""
+        sql = "SELECT num_id, metadata FROM items WHERE num_id IN ({})"
+        return dict(self._chunked(sql, num_ids))
+
+    def metadata_of(self, ids: list[str]) -> dict[str, str | None]:
+        """id → metadata text for those that exist."""
+        sql = "SELECT id, metadata FROM items WHERE id IN ({})"
+        return dict(self._chunked(sql, ids))
+
+    def _chunked(self, sql: str, keys: list) -> Iterator[tuple]:
+        db = self._db()
+        for start in range(0, len(keys), SQL_PARAMS):
+            part = keys[start : start + SQL_PARAMS]
+            yield from db.execute(sql.format(",".join("?" * len(part))), part)
+
+    def close(self) -> None:
+        with self._guard:
+            for db in self._opened:
+                db.close()
+            self._opened.clear()
+        self._generation += 1

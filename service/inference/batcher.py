@@ -40,8 +40,8 @@ INLINE_MS = 2.0  # a run predicted this short, with nothing else waiting, runs o
 class Overloaded(Exception):
     """The queue is full; ``retry_after_s`` estimates when there will be room."""
 
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"server busy; retry after {retry_after_s} s")
+    def __init__(self, retry_after_s: int, why: str = "server busy") -> None:
+        super().__init__(f"{why}; retry after {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
 
@@ -154,7 +154,8 @@ class Batcher:
         if self._closed:
             raise Overloaded(1)
         if self._total and self._total + n > self.queue_bound:
-            raise Overloaded(self._retry_after())
+            raise Overloaded(self._retry_after(), f"more than {self.queue_bound} images wait to "
+                             "run (SDSSL_QUEUE_BOUND)")  # fmt: skip
 
     async def submit(self, key: Hashable, images: np.ndarray) -> Ran:
         """Queue ``images`` for graph ``key`` and wait for its rows (or raise Overloaded)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated
@@ -14,39 +13,35 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from export.manifest import BundleIntegrityError, load_verified
+from export.manifest import load_verified
 from service import snapshots
 from service.deps import AuthDep, HolderDep, MetricsDep, RolloutsDep, RuntimeDep, SettingsDep
-from service.errors import APIError, StorageError
-from service.index import IndexMismatch, WriterLockHeld
+from service.errors import APIError
 from service.jobs import JOB_ID
-from service.rollout import Rollout, RolloutError, Rollouts
+from service.rollout import Rollout, RolloutError, Rollouts, public_reason
 from service.runtime import load_runtime, report_device
 from service.schemas import (
     ERRORS,
+    DeletedOut,
     JobOut,
     JobsOut,
     ReloadIn,
     ReloadOut,
     RolloutIn,
     SnapshotOut,
+    SnapshotsOut,
 )
+from service.serving import record_serving
+from service.settings import Settings
 
 router = APIRouter(tags=["admin"])
-SNAPSHOT_NAME = re.compile(r"^([0-9a-f]{12}|all)-\d{8}T\d{6}Z\.tar$")
+SNAPSHOTS = "snapshots"  # their folder in the data dir
+SNAPSHOT_EXAMPLE = "9d2f0c1e7a3b-20261202T061500123Z.tar"
 log = logging.getLogger(__name__)
 
 
-def _reason(exc: Exception) -> str:
-    """What the client may know: the bundle's own problem, never paths or errno text of the
-    server's filesystem (those go to the log)."""
-    if isinstance(exc, BundleIntegrityError | IndexMismatch):
-        return str(exc)
-    if isinstance(exc, WriterLockHeld):
-        return f"its index is held by another writer (pid {exc.pid})"
-    if isinstance(exc, StorageError):
-        return str(exc)
-    return f"it could not be loaded ({type(exc).__name__}; details in the server log)"
+def _refusal(exc: Exception) -> str:
+    return public_reason(exc, "it could not be loaded")
 
 
 @router.post(
@@ -76,8 +71,21 @@ async def reload(
         except Exception as exc:  # whatever failed, the old bundle keeps serving
             metrics.reloads.labels("failed").inc()
             log.warning("reload of %s failed: %r", path, exc)
-            raise APIError(409, "reload_failed", f"bundle refused: {_reason(exc)}") from exc
+            raise APIError(
+                409,
+                "reload_failed",
+                f"bundle refused: {_refusal(exc)}",
+            ) from exc
         same = old is not None and new.index is old.index
+        if old is not None and new.bundle_id != old.bundle_id:  # a restart serves it too
+            try:
+                await asyncio.to_thread(record_serving, settings.data_dir, path, new.bundle_id,
+                                        old.bundle_id, "a reload")  # fmt: skip
+            except OSError as exc:
+                await new.close()
+                metrics.reloads.labels("failed").inc()
+                raise APIError(409, "reload_failed", "the data dir cannot record the new bundle: "
+                               f"{public_reason(exc)}") from exc  # fmt: skip
         holder.current = new
         report_device(new, metrics)
         metrics.reloads.labels("ok").inc()
@@ -119,11 +127,44 @@ async def snapshot(
         folders = {runtime.bundle_id: runtime.index.root}
     label = "all" if every else runtime.bundle_id[:12]
     made = await asyncio.to_thread(
-        snapshots.create, folders, settings.data_dir / "snapshots", label
-    )
+        snapshots.create, folders, settings.data_dir / SNAPSHOTS, label,
+        settings.min_free_bytes, settings.snapshot_keep,
+    )  # fmt: skip
     return {"name": made.path.name, "model": runtime.bundle_id, "bundles": made.bundles,
             "items": made.items, "bytes": made.bytes,
             "seconds": round(made.seconds, 3)}  # fmt: skip
+
+
+@router.get(
+    "/v1/admin/snapshots",
+    response_model=SnapshotsOut,
+    responses=ERRORS,
+    summary="The snapshots in the data dir, newest first",
+)
+async def list_snapshots(_: AuthDep, settings: SettingsDep) -> dict:
+    found = await asyncio.to_thread(snapshots.described, settings.data_dir / SNAPSHOTS)
+    return {"snapshots": found[::-1], "keep": settings.snapshot_keep}
+
+
+def _snapshot_path(settings: Settings, name: str) -> Path:
+    path = settings.data_dir / SNAPSHOTS / name
+    if not snapshots.NAME.match(name) or not path.is_file():
+        raise APIError(404, "not_found", "no such snapshot")
+    return path
+
+
+@router.delete(
+    "/v1/admin/snapshots/{name}",
+    response_model=DeletedOut,
+    responses=ERRORS,
+    summary="Delete a snapshot",
+)
+async def delete_snapshot(
+    _: AuthDep, settings: SettingsDep, name: str = PathParam(examples=[SNAPSHOT_EXAMPLE])
+) -> dict:
+    path = _snapshot_path(settings, name)
+    await asyncio.to_thread(path.unlink, missing_ok=True)
+    return {"id": name, "deleted": True}
 
 
 @router.get(
@@ -135,13 +176,9 @@ async def snapshot(
 async def download_snapshot(
     _: AuthDep,
     settings: SettingsDep,
-    name: str = PathParam(examples=["9d2f0c1e7a3b-20261202T061500Z.tar"]),
+    name: str = PathParam(examples=[SNAPSHOT_EXAMPLE]),
 ) -> FileResponse:
-    if not SNAPSHOT_NAME.match(name):
-        raise APIError(404, "not_found", "no such snapshot")
-    path = settings.data_dir / "snapshots" / name
-    if not path.is_file():
-        raise APIError(404, "not_found", "no such snapshot")
+    path = _snapshot_path(settings, name)
     return FileResponse(path, media_type="application/x-tar", filename=name)
 
 
@@ -167,7 +204,11 @@ async def start_rollout(body: RolloutIn, _: AuthDep, rollouts: RolloutsDep) -> d
     try:
         await asyncio.to_thread(load_verified, path)
     except Exception as exc:
-        raise APIError(409, "rollout_refused", f"bundle refused: {_reason(exc)}") from exc
+        raise APIError(
+            409,
+            "rollout_refused",
+            f"bundle refused: {_refusal(exc)}",
+        ) from exc
     try:
         job = await rollouts.start(path, body.swap, body.batch, body.pause_ms)
     except RolloutError as exc:

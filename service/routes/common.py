@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-from collections.abc import Awaitable
+import functools
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -15,6 +17,7 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import Response
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.encoding import npy_response
 from service.errors import APIError
@@ -26,6 +29,8 @@ from service.runtime import Runtime
 from service.settings import Settings
 
 T = TypeVar("T")
+SCAN_THREADS = 2
+_scans: ThreadPoolExecutor | None = None
 MULTIPART = "multipart/form-data"
 INLINE_JSON_BYTES = 256 * 1024  # larger JSON bodies are parsed on a worker thread
 JSON = "application/json"
@@ -46,19 +51,22 @@ async def read_payload(request: Request, settings: Settings, image_field: str) -
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     payload = Payload(multipart=ctype == MULTIPART)
     if ctype == MULTIPART:
-        async with request.form(  # the context closes the uploads' spooled temp files
-            max_files=settings.max_images + 1,
-            max_fields=4 * settings.max_images + 16,
-            max_part_size=settings.max_body_bytes,
-        ) as form:
-            for key, value in form.multi_items():
-                if isinstance(value, UploadFile):
-                    if key != image_field:
-                        raise APIError(422, "invalid_request", f"unexpected file field {key!r}")
-                    payload.images.append(await value.read())
-                else:
-                    payload.lists.setdefault(key, []).append(value)
-                    payload.fields[key] = value
+        try:
+            async with request.form(  # the context closes the uploads' spooled temp files
+                max_files=settings.max_images,
+                max_fields=form_fields(settings),
+                max_part_size=settings.max_body_bytes,
+            ) as form:
+                for key, value in form.multi_items():
+                    if isinstance(value, UploadFile):
+                        if key != image_field:
+                            raise APIError(422, "invalid_request", f"unexpected file field {key!r}")
+                        payload.images.append(await value.read())
+                    else:
+                        payload.lists.setdefault(key, []).append(value)
+                        payload.fields[key] = value
+        except StarletteHTTPException as exc:
+            raise _form_limit(exc, settings) from exc
         return payload
     if ctype == JSON:
         raw_body = await request.body()
@@ -68,6 +76,30 @@ async def read_payload(request: Request, settings: Settings, image_field: str) -
     raise APIError(
         415, "unsupported_media_type", f"send {MULTIPART} or {JSON}, not {ctype or 'nothing'}"
     )
+
+
+def form_fields(settings: Settings) -> int:
+    """Text fields a multipart request may have: an id and a metadata document per image, and
+    room for the route's own fields."""
+    return 4 * settings.max_images + 16
+
+
+def _form_limit(exc: StarletteHTTPException, settings: Settings) -> Exception:
+    """Starlette's multipart refusals (a 400 naming its own counters) as ours: 413 naming the
+    limit the client can act on."""
+    text = str(exc.detail)
+    if exc.status_code != 400:
+        return exc  # e.g. the body cap's 413, already ours
+    if text.startswith("Too many files"):
+        return APIError(413, "too_many_images", f"at most {settings.max_images} images per "
+                        "request (SDSSL_MAX_IMAGES)")  # fmt: skip
+    if text.startswith("Too many fields"):
+        return APIError(413, "too_many_fields", f"at most {form_fields(settings)} form fields "
+                        "per request (4 per image, SDSSL_MAX_IMAGES, and 16 more)")  # fmt: skip
+    if "exceeded maximum size" in text:
+        return APIError(413, "field_too_large", f"a form part is at most "
+                        f"{settings.max_body_bytes} bytes (SDSSL_MAX_BODY_BYTES)")  # fmt: skip
+    return APIError(400, "malformed_multipart", f"malformed multipart body: {text[:200]}")
 
 
 def _json_payload(raw_body: bytes, image_field: str, payload: Payload) -> Payload:
@@ -139,3 +171,13 @@ async def run_batched(coro: Awaitable[T], metrics: Metrics) -> T:
         raise APIError(
             503, "overloaded", str(exc), {"Retry-After": str(exc.retry_after_s)}
         ) from exc
+
+
+async def scan(fn: Callable[..., T], *args: Any) -> T:
+    """Run an index read that scans (a metadata filter, a count, a listing page) on the scan
+    threads: however many such reads queue up, item writes, plain searches and health checks
+    keep the default executor's threads to themselves."""
+    global _scans
+    if _scans is None:
+        _scans = ThreadPoolExecutor(SCAN_THREADS, thread_name_prefix="scan")
+    return await asyncio.get_running_loop().run_in_executor(_scans, functools.partial(fn, *args))

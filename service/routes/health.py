@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import DecoderDep, HolderDep, MetricsDep
+from service.deps import DecoderDep, HolderDep, MetricsDep, ReadDep
 from service.errors import error_body
 
 router = APIRouter(tags=["health"])
+# /readyz's storage check runs on a thread of its own: never queued behind index work
+_health = ThreadPoolExecutor(1, thread_name_prefix="health")
 
 
 @router.get("/livez", summary="The process is up")
@@ -31,7 +34,7 @@ async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
         error = request.app.state.load_error
         message = f"failed to load: {error}" if error else "loading"
         return JSONResponse(error_body("not_ready", message), 503, headers={"Retry-After": "5"})
-    problem = await asyncio.to_thread(runtime.index.health)
+    problem = await asyncio.get_running_loop().run_in_executor(_health, runtime.index.health)
     if problem is not None:
         body = error_body("storage_unavailable", problem)
         return JSONResponse(body, 503, headers={"Retry-After": "30"})
@@ -39,8 +42,13 @@ async def readyz(request: Request, holder: HolderDep) -> JSONResponse:
     return JSONResponse(body | {"index_device": runtime.index.device})
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(holder: HolderDep, m: MetricsDep, decoder: DecoderDep) -> Response:
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    description="Needs the read key when one is set (a scraper's `authorization` credentials).",
+    response_class=Response,
+)
+async def metrics(_: ReadDep, holder: HolderDep, m: MetricsDep, decoder: DecoderDep) -> Response:
     if holder.current is not None:
         m.queue_depth.set(holder.current.scheduler.batcher.queued_images)
     m.decode_pending.set(decoder.pending_pixels)

@@ -4,7 +4,6 @@ depth in one pass of the all-exits graph and is durable once answered."""
 from __future__ import annotations
 
 import asyncio
-import base64
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
@@ -21,9 +20,10 @@ from service.deps import (
 )
 from service.encoding import encode_rows
 from service.errors import APIError
+from service.index.cursors import MAX_CURSOR
 from service.jsonio import dumps_canonical, loads_field, nesting_depth
 from service.rollout import mirrored
-from service.routes.common import read_payload, run_batched
+from service.routes.common import read_payload, run_batched, scan
 from service.schemas import ERRORS, DeletedOut, ItemOut, ItemPage, ItemsOut, image_request_body
 from service.settings import Settings
 
@@ -31,6 +31,7 @@ router = APIRouter(tags=["items"])
 ROUTE = "items"
 MAX_ID = 256
 MAX_PAGE = 1000
+MAX_FILTER_QUERY = 16384  # characters of a listing's filter (within SDSSL_MAX_HEADER_BYTES)
 ID_RULE = (
     f"1..{MAX_ID} printable characters, without '/' or '\\', and not '.' or '..' "
     "(URL clients rewrite those)"
@@ -169,51 +170,42 @@ async def add_items(
     "/v1/items",
     response_model=ItemPage,
     responses=ERRORS,
-    summary="List and count items, in insertion order, optionally filtered by metadata",
-    description="`limit` items after `cursor` (from the previous page's `next_cursor`; new "
-    "items come last, so a scroll visits every item once while others are added). `filter` is "
-    'a JSON object on top-level metadata fields: `{"label": "7"}`, `{"label": {"in": '
+    summary="List and count items, in id order, optionally filtered by metadata",
+    description="`limit` items after `cursor` (the previous page's `next_cursor`), in id order: "
+    "a scroll gives every item that exists throughout exactly once, and a replaced item at most "
+    "once, whatever is written meanwhile and across a rollout. A cursor works only with the "
+    "filter it was given with. A page stops short of `SDSSL_MAX_REPLY_BYTES`. `filter` is a "
+    'JSON object on top-level metadata fields: `{"label": "7"}`, `{"label": {"in": '
     '["1", "7"]}}`, `{"score": {"gte": 0.5, "lt": 2}}`, `{"label": {"ne": "7"}}`. `count` '
     "is the number of items the filter selects (all items without one).",
 )
 async def list_items(
+    request: Request,
     _: ReadDep,
     runtime: RuntimeDep,
+    settings: SettingsDep,
     limit: Annotated[int, Query(ge=0, le=MAX_PAGE, examples=[100])] = 100,
     cursor: Annotated[
-        str | None, Query(max_length=64, description="a page's next_cursor", examples=["bjEwMA"])
+        str | None,
+        Query(max_length=MAX_CURSOR, description="a page's next_cursor", examples=["bjEwMA"]),
     ] = None,
     filter: Annotated[
         str | None,
         Query(
-            max_length=4096,
+            max_length=MAX_FILTER_QUERY,
             description="JSON object (URL-encoded)",
             examples=['{"label": {"in": ["3", "8"]}}'],
         ),
     ] = None,
 ) -> dict:
     spec = loads_field(filter, "filter", "invalid_filter") if filter else None
-    after = _cursor(cursor)
-    items, last = await asyncio.to_thread(runtime.index.page, limit, after, spec)
-    count = await asyncio.to_thread(runtime.index.count, spec)
+    cursors = request.app.state.cursors
+    after = cursors.decode(cursor, spec) if cursor else None
+    index = runtime.index
+    items, last = await scan(index.page, limit, after, spec, settings.max_reply_bytes)
+    count = await scan(index.count, spec)
     return {"model": runtime.bundle_id, "items": items, "count": count,
-            "next_cursor": None if last is None else _encode_cursor(last)}  # fmt: skip
-
-
-def _encode_cursor(num_id: int) -> str:
-    return base64.urlsafe_b64encode(f"n{num_id}".encode()).decode().rstrip("=")
-
-
-def _cursor(cursor: str | None) -> int:
-    if not cursor:
-        return 0
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text.startswith("n") and text[1:].isdigit() and len(text) <= 19:  # SQLite's 64 bits
-            return int(text[1:])
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise APIError(422, "invalid_cursor", "cursor is not one this server gave out")
+            "next_cursor": None if last is None else cursors.encode(last, spec)}  # fmt: skip
 
 
 @router.get(

@@ -6,7 +6,7 @@ import asyncio
 
 from fastapi import APIRouter
 
-from service.deps import RuntimeDep
+from service.deps import ReadDep, RuntimeDep
 from service.schemas import ModelOut
 
 router = APIRouter(tags=["model"])
@@ -16,8 +16,9 @@ router = APIRouter(tags=["model"])
     "/v1/model",
     response_model=ModelOut,
     summary="What is served: manifest, latency per (exit depth, batch size), accuracy per depth",
+    description="Needs the read key when one is set.",
 )
-async def model(runtime: RuntimeDep) -> dict:
+async def model(_: ReadDep, runtime: RuntimeDep) -> dict:
     m = runtime.manifest
     curve = [
         {

@@ -10,6 +10,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from service.errors import APIError
 
+MAX_K = 1000  # neighbours per query
+
 
 def _not_bool(value: Any) -> Any:
     if isinstance(value, bool):  # pydantic's lax mode would read true as 1
@@ -51,8 +53,12 @@ class EmbedParams(DepthOrBudget):
     )
 
 
+METADATA = "false: leave each hit's metadata out (a smaller, faster answer)"
+
+
 class SearchParams(DepthOrBudget):
-    k: Int = Field(10, ge=1, le=1000, description="how many neighbours")
+    k: Int = Field(10, ge=1, le=MAX_K, description="how many neighbours")
+    metadata: bool = Field(True, description=METADATA)
     filter: Any = Field(
         None,
         description='only items whose metadata matches: {"label": "7"}, {"label": {"in": '
@@ -90,7 +96,11 @@ def schema(model: type[BaseModel]) -> dict[str, Any]:
 
 
 class BatchSearchParams(DepthOrBudget):
-    k: Int = Field(10, ge=1, le=1000, description="how many neighbours per query")
+    k: Int = Field(
+        10, ge=1, le=MAX_K, description="how many neighbours per query (queries × k is capped "
+        "by SDSSL_MAX_SEARCH_RESULTS)",
+    )  # fmt: skip
+    metadata: bool = Field(True, description=METADATA)
     filter: Any = Field(None, description="as for /v1/search", json_schema_extra={"type": "object"})
     vectors: Any = Field(
         None,

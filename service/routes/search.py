@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 
 import numpy as np
@@ -14,12 +15,20 @@ from service.deps import AdmissionDep, DecoderDep, MetricsDep, ReadDep, RuntimeD
 from service.encoding import decode_vector
 from service.errors import APIError
 from service.inference import Admission, Served
-from service.jsonio import loads_field
+from service.jsonio import loads_field, stored_json
 from service.metrics import Metrics
-from service.routes.common import check_depth, fields, read_payload, run_batched, timed_response
+from service.routes.common import (
+    check_depth,
+    fields,
+    read_payload,
+    run_batched,
+    scan,
+    timed_response,
+)
 from service.routes.params import BatchSearchParams, SearchParams, parse, schema
 from service.runtime import Runtime
 from service.schemas import ERRORS, BatchSearchOut, SearchOut, image_request_body
+from service.settings import Settings
 
 router = APIRouter(tags=["search"])
 ROUTE = "search"
@@ -74,7 +83,7 @@ async def search(
     if vectors is None and len(payload.images) != 1:
         raise APIError(422, "invalid_request", "send exactly one image (or a vector)")
     served, results = await _search(request, payload.images, vectors, params, admission,
-                                    runtime, metrics, decoder)  # fmt: skip
+                                    runtime, metrics, decoder, settings)  # fmt: skip
     route = ROUTE if served.ran is not None else f"{ROUTE}:vector"
     return timed_response(request, {"results": results[0]}, served, runtime, metrics, route)
 
@@ -107,9 +116,11 @@ async def search_batch(
     if vectors is not None and (not isinstance(vectors, list) or not vectors):
         raise APIError(422, "invalid_vector", "vectors must be a non-empty list")
     if vectors is not None and len(vectors) > settings.max_images:
-        raise APIError(413, "too_many_queries", f"at most {settings.max_images} queries")
+        raise APIError(
+            413, "too_many_queries", f"at most {settings.max_images} queries (SDSSL_MAX_IMAGES)"
+        )
     served, results = await _search(request, payload.images, vectors, params, admission,
-                                    runtime, metrics, decoder)  # fmt: skip
+                                    runtime, metrics, decoder, settings)  # fmt: skip
     route = f"{ROUTE}:batch" if served.ran is not None else f"{ROUTE}:vector"
     return timed_response(request, {"results": results}, served, runtime, metrics, route)
 
@@ -123,9 +134,18 @@ async def _search(
     runtime: Runtime,
     metrics: Metrics,
     decoder: DecodePool,
+    settings: Settings,
 ) -> tuple[Served, list[list[dict]]]:
     """Embed the images (or take the vectors) and search each at one exit depth."""
     check_depth(params.exit_depth, runtime)
+    queries = len(vectors) if vectors is not None else len(images)
+    if queries * params.k > settings.max_search_results:
+        raise APIError(
+            422,
+            "too_many_results",
+            f"{queries} queries × k = {params.k} asks for {queries * params.k} hits; the limit "
+            f"is {settings.max_search_results} per request (SDSSL_MAX_SEARCH_RESULTS)",
+        )
     arrival = request.scope["state"]["arrival"]
     if vectors is not None:
         if images:
@@ -149,7 +169,11 @@ async def _search(
     spec = params.filter
     if isinstance(spec, str):  # multipart or query: JSON text
         spec = loads_field(spec, "filter", "invalid_filter")
-    found = await asyncio.to_thread(runtime.index.search, served.exit_depth, query, params.k, spec)
-    results = [[{"id": h.id, "score": h.score, "metadata": h.metadata} for h in hits]
-               for hits in found]  # fmt: skip
+    run = functools.partial(runtime.index.search, served.exit_depth, query, params.k, spec,
+                            params.metadata, settings.max_reply_bytes)  # fmt: skip
+    found = await (scan(run) if spec is not None else asyncio.to_thread(run))
+    if not params.metadata:
+        return served, [[{"id": h.id, "score": h.score} for h in hits] for hits in found]
+    results = [[{"id": h.id, "score": h.score, "metadata": stored_json(h.metadata_json)}
+                for h in hits] for hits in found]  # fmt: skip
     return served, results

@@ -61,8 +61,8 @@ def test_items_search_and_scroll(client, tmp_path) -> None:
     assert client.add_folder(tmp_path, batch_size=7, concurrency=3, progress=False) == {"added": 30}
     client.add(digit_png(500), "solo", {"label": "x", "n": 1})
     assert client.count() == 31
-    ids = [i.id for i in client.items(page_size=4)]  # batches land in any order; solo last
-    assert sorted(ids[:-1]) == [f"c-{i:03d}" for i in range(30)] and ids[-1] == "solo"
+    ids = [i.id for i in client.items(page_size=4)]  # in id order
+    assert ids == [*(f"c-{i:03d}" for i in range(30)), "solo"]
     sevens = client.count(filter={"label": "7"})
     assert sevens == sum(v == "7" for v in label.values()) > 0
     item = client.get("c-005", exit_depth=4)
@@ -70,7 +70,11 @@ def test_items_search_and_scroll(client, tmp_path) -> None:
     hits = client.search(vector=item.vector, exit_depth=4, k=3).hits
     assert hits[0].id == "c-005" and hits[0].score > 0.999
     by_image = client.search(digit_png(500), exit_depth=4, k=1, filter={"label": "x"})
-    assert [h.id for h in by_image.hits] == ["solo"]
+    assert [h.id for h in by_image.hits] == ["solo"] and by_image.hits[0].metadata["n"] == 1
+    bare = client.search(digit_png(500), exit_depth=4, k=1, filter={"label": "x"}, metadata=False)
+    assert [h.id for h in bare.hits] == ["solo"] and bare.hits[0].metadata is None
+    bare = client.search_batch(vectors=[item.vector], exit_depth=4, k=2, metadata=False)
+    assert bare.results[0][0].id == "c-005" and bare.results[0][0].metadata is None
     batch = client.search_batch([digit_png(500), held_out_png(150)], exit_depth=4, k=1)
     assert [r[0].id for r in batch.results] == ["solo", "c-005"]
     vectors = client.search_batch(vectors=[item.vector], exit_depth=4, k=1)

@@ -37,7 +37,8 @@ def demo_server(tmp_path_factory):
         folder.mkdir(parents=True, exist_ok=True)
         test.image(i).save(folder / f"mnist-test-{i:05d}.png")
     reindex(bundle, root / "data", [root / "gallery"], progress=False)
-    server = Server(bundle, root / "data", root / "server.log", read_key=READ, threads=1).start()
+    server = Server(bundle, root / "data", root / "server.log", read_key=READ,
+                    api_key="demo-admin-key", threads=1).start()  # fmt: skip
     yield server, root
     server.stop()
 

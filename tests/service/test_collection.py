@@ -74,8 +74,11 @@ def test_read_key_opens_reads_and_only_reads(coll) -> None:
             assert c.get("/v1/items/item-001", headers=headers).status_code == status
         r = c.post("/v1/items", files=png, data={"ids": "nope"}, headers=READER)
         assert r.status_code == 401  # the read key writes nothing
-        for open_route in ("/livez", "/readyz", "/metrics", "/v1/model", "/openapi.json"):
+        for open_route in ("/livez", "/readyz", "/openapi.json", "/docs", "/demo/"):
             assert c.get(open_route).status_code == 200
+        for read_route in ("/metrics", "/v1/model"):  # what the server holds: readers only
+            assert c.get(read_route).status_code == 401
+            assert c.get(read_route, headers=READER).status_code == 200
 
 
 def test_listing_counts_and_scrolls_every_item_once_under_adds(coll) -> None:

@@ -190,7 +190,7 @@ def test_a_restart_follows_a_chain_of_rollouts(tiny_bundle, tiny_bundle_b, tmp_p
     """A → X → B by two rollouts, SDSSL_BUNDLE still A: the restart serves B; named B or
     another bundle, the setting wins."""
     from export.manifest import bundle_id
-    from service.rollout import SERVING, bundle_to_serve
+    from service.serving import SERVING, bundle_to_serve
     from service.settings import Settings
 
     record = {"bundle": str(tiny_bundle_b), "bundle_id": bundle_id(tiny_bundle_b),
