@@ -29,9 +29,22 @@ class _NoSecretFlag(argparse.Action):
                      f"{option_string}-file FILE")  # fmt: skip
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:
+        """argparse echoes unknown arguments whole: a mistyped ``--api-kye=KEY`` would print
+        the key. Only their flag names are shown."""
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            shown = [t.split("=", 1)[0] if t.startswith("-") else "…"
+                     for t in message.removeprefix(prefix).split()]  # fmt: skip
+            message = prefix + " ".join(shown) + " (values not shown)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m service",
+        allow_abbrev=False,  # "--api-ke=KEY" would be echoed as an ambiguous option
         description="Serve early-exit embeddings and k-NN search for a bundle. Flags override "
         "SDSSL_* environment variables, which override the defaults.",
         epilog="Exit status: 0 after a normal stop; 2 for bad settings or a bundle that fails "

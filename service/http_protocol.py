@@ -77,6 +77,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._parsed_bytes = 0  # the same, as the parser hands it over (pipelined requests)
         self._tail = b""  # the last bytes of a head still arriving: its end may span chunks
         self._lingering = False
+        self._pending_answer: bytes | None = None
         self.in_body = False  # headers complete, body not yet
         self.close_after_body = False
 
@@ -107,15 +108,36 @@ class GuardedHttpProtocol(HttpToolsProtocol):
 
     def _linger(self, answer: bytes) -> None:
         """Answer a request that cannot be parsed on, then read and drop whatever the client
-        still sends until it closes (or the body timeout): a close now would reset it."""
-        transport = self.transport._transport
-        transport.write(answer)
-        self._lingering = True
-        if transport.can_write_eof():
-            transport.write_eof()
+        still sends until it closes (or the body timeout): a close now would reset it. A
+        response still in progress (a pipelined predecessor) goes out first."""
+        self._lingering = True  # nothing more is parsed; what arrives is dropped
+        self._unset_keepalive_if_required()  # its timer must not close while the client sends
         self.flow.resume_reading()
         self._disarm()
+        transport = self.transport._transport
         self._deadline = self.loop.call_later(self.body_timeout_s, transport.close)
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not self.in_body:
+            self._pending_answer = answer  # the app answers its (whole) request first
+            return
+        if cycle is not None and not cycle.response_complete:  # its own body broke: app, stop
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._answer_and_shut(answer)
+
+    def _answer_and_shut(self, answer: bytes) -> None:
+        transport = self.transport._transport
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+
+    def on_response_complete(self) -> None:
+        if self._pending_answer is not None:  # the answer _linger kept back can go now
+            self.server_state.total_requests += 1
+            answer, self._pending_answer = self._pending_answer, None
+            self._answer_and_shut(answer)
+            return
+        super().on_response_complete()
 
     # ---- the points where a request's parts begin and end ---------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -138,7 +160,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         end = (self._tail + data).find(b"\r\n\r\n")
         if end < 0:
             self._header_bytes += len(data)
-            self._tail = data[-3:]
+            self._tail = (self._tail + data)[-3:]
         else:
             self._header_bytes += max(0, end + 4 - len(self._tail))
             self._tail = b""

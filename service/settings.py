@@ -78,6 +78,13 @@ class Settings(BaseSettings):
         description="items × filter conditions one metadata filter may check: a filter that "
         "would check more is refused (422) before it runs",
     )
+    filter_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a metadata filter's scan is stopped after this long (503): what "
+        "max_filter_work cannot foresee (large metadata, a busy machine)",
+    )
     max_header_bytes: int = Field(
         65536, ge=1024, description="a request's request line and headers together (431 above it)"
     )

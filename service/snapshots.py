@@ -44,7 +44,7 @@ INFO = "snapshot.json"
 FORMAT = 3  # 2: no file list (sizes from the tar headers); 1: one bundle, its database at the top
 MAX_INFO_BYTES = 2**20
 BUNDLE_ID = re.compile(r"^[0-9a-f]{64}$")
-NAME = re.compile(r"^(?:[0-9a-f]{12}|all)-\d{8}T\d{9}Z(?:-\d+)?\.tar$")
+NAME = re.compile(r"^(?:[0-9a-f]{12}|all)-\d{8}T\d{6}(?:\d{3})?Z(?:-\d+)?\.tar$")  # ms: since #29
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
 CHUNK = 2**20
 _naming = threading.Lock()
@@ -305,11 +305,10 @@ def _layout(
     if not isinstance(doc, dict):
         raise SnapshotError(f"{name}: {INFO} is not an object")
     if doc.get("format") in (1, 2):
-        bundles = {doc.get("bundle_id"): DATABASE} if doc["format"] == 1 else {
-            b: f"{b}/{DATABASE}" for b in (doc.get("bundles") or {})
-        }  # fmt: skip
-        if not all(isinstance(b, str) for b in bundles):
-            raise SnapshotError(f"{name}: {INFO} lists no bundles")
+        listed = [doc.get("bundle_id")] if doc["format"] == 1 else doc.get("bundles")
+        if not isinstance(listed, list | dict) or not all(isinstance(b, str) for b in listed):
+            raise SnapshotError(f"{name}: {INFO} does not list its bundles")
+        bundles = {b: DATABASE if doc["format"] == 1 else f"{b}/{DATABASE}" for b in listed}
         return {b: (m, None) for b, m in bundles.items()}, dict.fromkeys(bundles.values())
     try:
         manifest = Manifest.model_validate(doc)

@@ -16,6 +16,7 @@ import random
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ def open_index(
         use_gpu=use_gpu,
         min_free_bytes=settings.min_free_bytes,
         max_filter_work=settings.max_filter_work,
+        filter_timeout_s=settings.filter_timeout_s,
     )
 
 
@@ -79,9 +81,10 @@ class ItemIndex:
         use_gpu: bool = False,
         min_free_bytes: int = 0,
         max_filter_work: int = 10**12,
+        filter_timeout_s: float = 3600.0,
     ) -> None:
         self.root, self.bundle_id = root, bundle_id
-        self.max_filter_work = max_filter_work
+        self.max_filter_work, self.filter_timeout_s = max_filter_work, filter_timeout_s
         self.exit_depths, self.dim = list(exit_depths), dim
         self.depth = max(exit_depths)  # rows stored per item: every depth 1..L
         self.snapshot_every = snapshot_every
@@ -99,6 +102,7 @@ class ItemIndex:
                 self.vectors.active = factory
             started = time.perf_counter()
             how = self._load()
+            self._items = self.store.count()
         except BaseException:
             if hasattr(self, "store"):
                 self.reader.close()
@@ -250,6 +254,7 @@ class ItemIndex:
                 "add items", lambda: self.store.upsert(ids, texts, vectors, inputs)
             )
             # Committed: now the derived indexes (a crash here is repaired by the log replay).
+            self._items += len(change.added) - len(change.removed)
             if change.removed:
                 self.vectors.remove(np.array(change.removed, dtype=np.int64))
             self.vectors.add(np.array(change.added, dtype=np.int64), vectors)
@@ -262,6 +267,7 @@ class ItemIndex:
             num_id = self._write("delete an item", lambda: self.store.delete(item_id))
             if num_id is None:
                 return False
+            self._items -= 1
             self.vectors.remove(np.array([num_id], dtype=np.int64))
             self._after_change(1)
         return True
@@ -282,9 +288,29 @@ class ItemIndex:
         return self.reader
 
     def size(self) -> int:
-        """Items as the nearest-neighbour index counts them, without SQL or the lock (deleted
-        items an index cannot remove count until its next rebuild)."""
-        return max((int(index.ntotal) for index in self.vectors.indexes.values()), default=0)
+        """Items, as counted at load and kept up to date by every write (no SQL, no lock)."""
+        return self._items
+
+    @contextlib.contextmanager
+    def _scanning(self, compiled: Filter) -> Iterator[Reader]:
+        """The reader, with a filter's scan interrupted past ``filter_timeout_s`` (503)."""
+        reader = self._reader()
+        if not compiled.conditions:
+            yield reader
+            return
+        try:
+            with reader.deadline(self.filter_timeout_s):
+                yield reader
+        except sqlite3.OperationalError as exc:
+            if "interrupt" not in str(exc):
+                raise
+            raise APIError(
+                503,
+                "filter_timeout",
+                f"the filter's scan of {self.size()} items took longer than "
+                f"{self.filter_timeout_s:g} s (SDSSL_FILTER_TIMEOUT_S): use fewer conditions",
+                {"Retry-After": "5"},
+            ) from None
 
     def compile(self, filter: Any) -> Filter:
         """A metadata filter (:mod:`.filters`) compiled, and refused (422) when a scan of every
@@ -304,7 +330,8 @@ class ItemIndex:
     def count(self, filter: Any = None) -> int:
         """Items, or those a metadata filter selects (a scan that holds no lock)."""
         compiled = self.compile(filter)
-        return self._reader().count(compiled.where, compiled.params)
+        with self._scanning(compiled) as reader:
+            return reader.count(compiled.where, compiled.params)
 
     def page(
         self,
@@ -317,7 +344,8 @@ class ItemIndex:
         and metadata would pass ``max_bytes``; and the id the next page starts after (None at
         the end). Holds no lock: writes go on, and a replaced item keeps its place."""
         compiled = self.compile(filter)
-        rows = self._reader().page(after, limit + 1, compiled.where, compiled.params)
+        with self._scanning(compiled) as reader:
+            rows = reader.page(after, limit + 1, compiled.where, compiled.params)
         more = len(rows) > limit and limit > 0
         rows = rows[:limit]
         if max_bytes is not None:
@@ -394,7 +422,8 @@ class ItemIndex:
         allowed = None
         if filter is not None:
             compiled = self.compile(filter)
-            allowed = self._reader().matching(compiled.where, compiled.params)
+            with self._scanning(compiled) as reader:
+                allowed = reader.matching(compiled.where, compiled.params)
             if not len(allowed):
                 return [[] for _ in range(len(queries))]
         with self._lock:
@@ -418,8 +447,10 @@ class ItemIndex:
                     f"the answer would be about {weight} bytes; the limit is {max_bytes} "
                     "(SDSSL_MAX_REPLY_BYTES): ask for fewer results, or metadata=false",
                 )
-        texts = self._reader().metadata(used) if metadata else {}
-        return [[Hit(found[n][0], s, texts.get(n)) for n, s in row] for row in picked]
+        if not metadata:
+            return [[Hit(found[n][0], s, None) for n, s in row] for row in picked]
+        texts = self._reader().metadata(used)  # an item deleted meanwhile drops out
+        return [[Hit(found[n][0], s, texts[n]) for n, s in row if n in texts] for row in picked]
 
     def consistency(self) -> dict[str, Any]:
         """Ids in SQLite vs ids in each FAISS index (for tests and the crash suite)."""

@@ -9,6 +9,7 @@ snapshot can never hold a stale meaning for one.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -69,7 +70,7 @@ def foreign_database_problem(db: sqlite3.Connection, bundle_id: str) -> str | No
         return "its owner record names another bundle"
     try:
         row_bytes = 4 * int(meta["depth"]) * int(meta["dim"])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, TypeError):
         return "its owner record has no model shape"
     checks = {
         "items without a vector": "SELECT COUNT(*) FROM items LEFT JOIN vectors USING (num_id) "
@@ -82,7 +83,14 @@ def foreign_database_problem(db: sqlite3.Connection, bundle_id: str) -> str | No
         "AND (typeof(metadata) != 'text' OR NOT json_valid(metadata))",
         "ids that are not text": "SELECT COUNT(*) FROM items WHERE typeof(id) != 'text'",
         "log entries of unknown kind": "SELECT COUNT(*) FROM log WHERE op NOT IN ('add', 'del')",
+        "items without a time": "SELECT COUNT(*) FROM items WHERE typeof(created_at) "
+        "NOT IN ('real', 'integer')",
+        "numbers past the next one to give": "SELECT COUNT(*) FROM items WHERE num_id >= "
+        "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_num_id'), 1)",
     }
+    next_id = meta.get("next_num_id")
+    if next_id is not None and not (isinstance(next_id, str) and next_id.isdigit()):
+        return "its owner record's next item number is not a number"
     for what, sql in checks.items():
         if n := db.execute(sql).fetchone()[0]:
             return f"it holds {n} {what}"
@@ -311,7 +319,8 @@ class ItemStore:
 class Reader:
     """Read-only connections to a store's database, one per thread, for the reads that scan
     (filters, counts, listing) or fetch many rows (search hits): WAL gives each statement a
-    consistent view beside the writer, so they never hold the index's lock."""
+    consistent view beside the writer, so they never hold the index's lock. A scan under
+    :meth:`deadline` is interrupted when it runs past it (``sqlite3.OperationalError``)."""
 
     def __init__(self, path: Path) -> None:
         self.uri = f"{path.resolve().as_uri()}?mode=ro"
@@ -319,18 +328,36 @@ class Reader:
         self._opened: list[sqlite3.Connection] = []
         self._guard = threading.Lock()
         self._generation = 0
+        self._closed = False
 
     def _db(self) -> sqlite3.Connection:
         local = self._local
         if getattr(local, "generation", None) != self._generation:
-            db = sqlite3.connect(self.uri, uri=True, check_same_thread=False)
             with self._guard:
+                if self._closed:
+                    raise sqlite3.ProgrammingError("the index is closed")
+                db = sqlite3.connect(self.uri, uri=True, check_same_thread=False)
+                db.set_progress_handler(self._past_deadline, 1000)
                 self._opened.append(db)
             local.db, local.generation = db, self._generation
         return local.db
 
+    def _past_deadline(self) -> int:
+        until = getattr(self._local, "until", None)
+        return int(until is not None and time.monotonic() > until)
+
+    @contextlib.contextmanager
+    def deadline(self, seconds: float) -> Iterator[None]:
+        """Statements of this thread inside the block are interrupted after ``seconds``."""
+        self._local.until = time.monotonic() + seconds
+        try:
+            yield
+        finally:
+            self._local.until = None
+
     def reopen(self) -> None:
-        """The database file was replaced (a restore): every thread opens it again."""
+        """The database file was replaced (a restore): every thread opens it again (the old
+        connections close with the reader)."""
         self._generation += 1
 
     def count(self, where: str = "1", params: tuple = ()) -> int:
@@ -378,6 +405,7 @@ class Reader:
 
     def close(self) -> None:
         with self._guard:
+            self._closed = True
             for db in self._opened:
                 db.close()
             self._opened.clear()

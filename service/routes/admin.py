@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
 
-from export.manifest import load_verified
+from export.manifest import bundle_id, load_verified
 from service import snapshots
 from service.deps import AuthDep, HolderDep, MetricsDep, RolloutsDep, RuntimeDep, SettingsDep
 from service.errors import APIError
@@ -77,16 +77,21 @@ async def reload(
                 f"bundle refused: {_refusal(exc)}",
             ) from exc
         same = old is not None and new.index is old.index
-        if old is not None and new.bundle_id != old.bundle_id:  # a restart serves it too
+        # a restart serves it too (in place of the configured bundle, if nothing served)
+        replaced = old.bundle_id if old is not None else await asyncio.to_thread(
+            bundle_id, settings.bundle)  # fmt: skip
+        if new.bundle_id != replaced:
             try:
                 await asyncio.to_thread(record_serving, settings.data_dir, path, new.bundle_id,
-                                        old.bundle_id, "a reload")  # fmt: skip
+                                        replaced, "a reload")  # fmt: skip
             except OSError as exc:
                 await new.close()
                 metrics.reloads.labels("failed").inc()
                 raise APIError(409, "reload_failed", "the data dir cannot record the new bundle: "
                                f"{public_reason(exc)}") from exc  # fmt: skip
         holder.current = new
+        if old is None:  # the start-up load had failed: this bundle makes the server ready
+            request.app.state.load_error, request.app.state.warming = None, False
         report_device(new, metrics)
         metrics.reloads.labels("ok").inc()
         if old is not None:

@@ -96,9 +96,6 @@ def _form_limit(exc: StarletteHTTPException, settings: Settings) -> Exception:
     if text.startswith("Too many fields"):
         return APIError(413, "too_many_fields", f"at most {form_fields(settings)} form fields "
                         "per request (4 per image, SDSSL_MAX_IMAGES, and 16 more)")  # fmt: skip
-    if "exceeded maximum size" in text:
-        return APIError(413, "field_too_large", f"a form part is at most "
-                        f"{settings.max_body_bytes} bytes (SDSSL_MAX_BODY_BYTES)")  # fmt: skip
     return APIError(400, "malformed_multipart", f"malformed multipart body: {text[:200]}")
 
 

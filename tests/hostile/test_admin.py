@@ -66,6 +66,14 @@ def test_snapshot_names_are_distinct_and_only_the_newest_are_kept(tiny_bundle, t
         assert r.status_code == 200 and r.json()["deleted"]
         assert c.get(f"/v1/admin/snapshots/{newer[0]}", headers=ADMIN).status_code == 404
         assert c.delete("/v1/admin/snapshots/..%2Fserving.json", headers=ADMIN).status_code == 404
+        # a snapshot named before names carried milliseconds is still listed, served, deleted
+        older = f"{newer[1][:12]}-20261202T061500Z.tar"
+        folder = tmp_path / "data" / "snapshots"
+        shutil.copy(folder / newer[1], folder / older)
+        listed = c.get("/v1/admin/snapshots", headers=ADMIN).json()["snapshots"]
+        assert older in [x["name"] for x in listed]
+        assert c.get(f"/v1/admin/snapshots/{older}", headers=ADMIN).status_code == 200
+        assert c.delete(f"/v1/admin/snapshots/{older}", headers=ADMIN).status_code == 200
 
 
 def test_a_snapshot_honours_min_free_bytes(tiny_bundle, tmp_path) -> None:

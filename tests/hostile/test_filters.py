@@ -133,7 +133,8 @@ def big(tiny_bundle, tmp_path_factory):
     """100k items; a filter-work limit high enough for slow scans to run."""
     root = tmp_path_factory.mktemp("hostile-scan")
     fill(tiny_bundle, root / "data", BIG, lambda i: {"label": str(i % 10), "n": i, "m": i % 97})
-    s = Server(tiny_bundle, root / "data", root / "log", max_filter_work=10**10).start()
+    s = Server(tiny_bundle, root / "data", root / "log", max_filter_work=10**10,
+               filter_timeout_s=120).start()  # fmt: skip
     yield s
     s.stop()
 
@@ -172,3 +173,23 @@ def test_filtered_scans_never_hold_up_readyz_or_plain_searches(big) -> None:
     shown = f"probes {[round(q, 3) for q in quick]} s, filtered {sorted(durations)} s"
     assert max(quick) < 0.25 * statistics.median(durations), shown
     assert busy > 0, f"the filtered searches ended before the probes did: {shown}"
+
+
+@pytest.fixture(scope="module")
+def hurried(tiny_bundle, tmp_path_factory):
+    """50k items with 1 KB of metadata each, and scans stopped after 10 ms."""
+    root = tmp_path_factory.mktemp("hostile-scan-timeout")
+    fill(tiny_bundle, root / "data", 50_000, lambda i: {"n": i, "pad": "p" * 1000})
+    s = Server(tiny_bundle, root / "data", root / "log", filter_timeout_s=0.01).start()
+    yield s
+    s.stop()
+
+
+def test_a_scan_past_its_time_is_stopped_and_says_so(hurried) -> None:
+    with hurried.client() as c:
+        slow = json.dumps({"n": {"gte": 0, "lt": 10**9}, "pad": {"ne": "x"}})
+        err = assert_error(listing(c, slow), 503, "filter_timeout", "0.01 s")
+        assert "SDSSL_FILTER_TIMEOUT_S" in err["message"]
+        assert_error(vector_search(c, slow), 503, "filter_timeout")
+        assert c.get("/v1/items", params={"limit": 3}).status_code == 200  # no filter: no scan
+        assert c.get("/readyz").status_code == 200

@@ -9,6 +9,7 @@ import json
 import shutil
 import socket
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -149,3 +150,53 @@ def test_every_response_carries_the_security_headers(srv) -> None:
         while chunk := s.recv(65536):
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 431") and b"x-content-type-options: nosniff" in answer
+
+
+def read_answers(s: socket.socket) -> bytes:
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    return answer
+
+
+def test_a_kept_alive_connection_gets_the_431_and_is_not_reset(srv) -> None:
+    """After an answered request uvicorn arms its keep-alive timer (5 s): an over-cap head next
+    on that connection, its body sent slowly, must still be answered and never reset."""
+    port = int(srv.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Length: 70000\r\nX-Pad: "
+                  + b"p" * HEADER_CAP + b"\r\n\r\n")  # fmt: skip
+        for _ in range(7):  # past the keep-alive timeout
+            s.sendall(b"x" * 10_000)
+            time.sleep(1)
+        s.shutdown(socket.SHUT_WR)
+        answer = read_answers(s)
+    assert b"HTTP/1.1 431" in answer, answer[-300:]
+
+
+def test_a_head_whose_end_arrives_in_pieces_is_not_counted_into_the_next(srv) -> None:
+    port = int(srv.url.rsplit(":", 1)[1])
+    head = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * (HEADER_CAP * 2 // 3)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        for piece in (head + b"\r", b"\n", b"\r", b"\n"):  # the end in one-byte pieces
+            s.sendall(piece)
+            time.sleep(0.05)
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+        s.sendall(head + b"\r\n\r\n")  # as large again: within the cap on its own
+        assert s.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_a_bad_pipelined_request_does_not_take_the_answer_of_the_one_before(srv) -> None:
+    port = int(srv.url.rsplit(":", 1)[1])
+    body = b'{"vectors": [[1' + b",0" * 31 + b']], "exit_depth": 1}'
+    good = (b"POST /v1/search/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    bad = b"GET /livez HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * (HEADER_CAP + 10) + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(good + bad)  # no half-close: uvicorn takes that for a client gone
+        answer = read_answers(s)  # the server shuts its side after the 431
+    first, _, rest = answer.partition(b"\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b'"results"' in answer, answer[:300]
+    assert b"HTTP/1.1 431" in rest and answer.index(b'"results"') < answer.index(b"431")

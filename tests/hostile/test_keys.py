@@ -41,10 +41,11 @@ def test_a_read_key_without_an_admin_key_refuses_to_start(tiny_bundle, tmp_path)
 
 @pytest.mark.parametrize("flag", ["--api-key", "--read-key"])
 def test_a_key_given_as_a_flag_is_refused_without_echoing_it(tiny_bundle, tmp_path, flag) -> None:
-    for argv in ([flag, ADMIN_KEY], [f"{flag}={ADMIN_KEY}"]):
+    for argv in ([flag, ADMIN_KEY], [f"{flag}={ADMIN_KEY}"], [f"{flag[:-1]}={ADMIN_KEY}"]):
         res = serve(tiny_bundle, tmp_path / "data", *argv, timeout=30)
         assert res.returncode == 2, res.stderr[-2000:]
-        assert f"{flag}-file" in res.stderr and ADMIN_KEY not in res.stdout + res.stderr
+        assert ADMIN_KEY not in res.stdout + res.stderr, res.stderr
+        assert "-file" in res.stderr or "unrecognized" in res.stderr, res.stderr
 
 
 @pytest.fixture(scope="module")

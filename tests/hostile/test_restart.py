@@ -102,9 +102,15 @@ def test_an_unreadable_serving_record_is_not_ready(bundles, tmp_path) -> None:
         s.stop()
     (data / "serving.json").write_text(json.dumps({"bundle": str(b), "bundle_id": "f" * 64,
                                                    "replaces": [bundle_id(a)]}))  # fmt: skip
-    s = Server(a, data, log).start(until="livez")
+    s = Server(a, data, log, api_key=KEY).start(until="livez")
     try:
         err = not_ready(s)
         assert "another bundle" in err["message"], err
+        with s.client() as c:  # the operator reloads the bundle that should serve
+            r = c.post("/v1/admin/reload", json={"bundle": str(b)}, headers=ADMIN)
+            assert r.status_code == 200, r.text
+            assert c.get("/readyz").status_code == 200
     finally:
         s.stop()
+    with Server(a, data, log) as s, s.client() as c:  # and a restart remembers it
+        assert c.get("/v1/model").json()["model"] == bundle_id(b)

@@ -179,8 +179,31 @@ def test_free_space_is_checked_before_writing(made) -> None:
             lambda db: db.execute("UPDATE meta SET value = 'f' || value WHERE key = 'bundle_id'"),
             "another bundle",
         ),
+        (  # every later add would collide with an existing item number
+            lambda db: db.execute("UPDATE meta SET value = '2' WHERE key = 'next_num_id'"),
+            "past the next one",
+        ),
+        (
+            lambda db: db.execute("UPDATE meta SET value = 'x' WHERE key = 'next_num_id'"),
+            "not a number",
+        ),
+        (
+            lambda db: db.execute("UPDATE items SET created_at = 'yesterday' WHERE num_id = 4"),
+            "without a time",
+        ),
     ],
-    ids=["trigger", "view", "table", "index", "vector-size", "bad-json", "owner"],
+    ids=[
+        "trigger",
+        "view",
+        "table",
+        "index",
+        "vector-size",
+        "bad-json",
+        "owner",
+        "next-id",
+        "next-id-text",
+        "created-at",
+    ],
 )
 def test_a_database_that_is_not_exactly_ours_is_refused(made, tmp_path, change, why) -> None:
     root, bid = made
@@ -193,9 +216,10 @@ def test_a_database_that_is_not_exactly_ours_is_refused(made, tmp_path, change, 
     [b"[]", b"{", b'{"format": 3}', b'{"format": 2, "bundles": [1, 2]}',
      b'{"format": 2, "bundles": {"x": {"y": 1}}}', b'{"format": "3"}', b"\xff\xfe",
      b'{"format": 3, "schema_version": 1, "created_at": 0, "bundles": {}, "files": {"a": 1}}',
-     b'{"format": 3, "schema_version": 9, "created_at": 0, "bundles": {}, "files": {}}'],
+     b'{"format": 3, "schema_version": 9, "created_at": 0, "bundles": {}, "files": {}}',
+     b'{"format": 2, "bundles": 5}', b'{"format": 1, "bundle_id": ["x"]}'],
     ids=["list", "cut", "no-fields", "bundles-list", "bundles-nested", "format-text", "binary",
-         "files-wrong", "schema-9"],
+         "files-wrong", "schema-9", "bundles-int", "bundle-id-list"],
 )  # fmt: skip
 def test_a_malformed_manifest_is_one_line_not_a_traceback(made, tmp_path, info) -> None:
     root, bid = made
