@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import re
 import sys
 import typing
 
@@ -35,10 +36,18 @@ class _Parser(argparse.ArgumentParser):
         the key. Only their flag names are shown."""
         prefix = "unrecognized arguments: "
         if message.startswith(prefix):
-            shown = [t.split("=", 1)[0] if t.startswith("-") else "…"
-                     for t in message.removeprefix(prefix).split()]  # fmt: skip
+            shown = [_shown(t) for t in message.removeprefix(prefix).split()]
             message = prefix + " ".join(shown) + " (values not shown)"
+        # "invalid int value: 'X'", "ignored explicit argument 'X'", "invalid choice: 'X'"
+        message = re.sub(r"(value:|argument|choice:) '[^']*'", r"\1 '…'", message)
         super().error(message)
+
+
+def _shown(token: str) -> str:
+    """An unrecognised argument as an error may show it: a flag's name (what precedes ``=``)
+    when it looks like one of ours (``--lower-case-words`` or ``-h``); otherwise ``…``."""
+    name = token.split("=", 1)[0]
+    return name if re.fullmatch(r"--[a-z0-9][a-z0-9-]*|-[a-z]", name) else "…"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 log.error("cannot load bundle %s: %r", settings.bundle, exc)
 
         loader = asyncio.get_running_loop().create_task(load())
+        app.state.loader = loader  # a reload waits for it: two loads must not race
         yield
         loader.cancel()
         await app.state.rollouts.close()

@@ -117,12 +117,20 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         transport = self.transport._transport
         self._deadline = self.loop.call_later(self.body_timeout_s, transport.close)
         cycle = self.cycle
+        if cycle is not None and self.pipeline and self.pipeline[0][0] is cycle:
+            self.pipeline.popleft()  # broken while queued behind a running request: drop it,
+            cycle.disconnected = True  # and answer once those before it are answered
+            self._pending_answer = answer
+            return
         if cycle is not None and not cycle.response_complete and not self.in_body:
             self._pending_answer = answer  # the app answers its (whole) request first
             return
         if cycle is not None and not cycle.response_complete:  # its own body broke: app, stop
             cycle.disconnected = True
             cycle.message_event.set()
+            if cycle.response_started:  # an answer now would land inside its response
+                transport.close()
+                return
         self._answer_and_shut(answer)
 
     def _answer_and_shut(self, answer: bytes) -> None:
@@ -132,7 +140,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             transport.write_eof()
 
     def on_response_complete(self) -> None:
-        if self._pending_answer is not None:  # the answer _linger kept back can go now
+        if self._pending_answer is not None and not self.pipeline:  # its turn has come
             self.server_state.total_requests += 1
             answer, self._pending_answer = self._pending_answer, None
             self._answer_and_shut(answer)

@@ -10,6 +10,8 @@ snapshot can never hold a stale meaning for one.
 from __future__ import annotations
 
 import contextlib
+import logging
+import re
 import sqlite3
 import threading
 import time
@@ -18,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -88,13 +92,20 @@ def foreign_database_problem(db: sqlite3.Connection, bundle_id: str) -> str | No
         "numbers past the next one to give": "SELECT COUNT(*) FROM items WHERE num_id >= "
         "coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'next_num_id'), 1)",
     }
-    next_id = meta.get("next_num_id")
-    if next_id is not None and not (isinstance(next_id, str) and next_id.isdigit()):
-        return "its owner record's next item number is not a number"
+    for key, what in (("next_num_id", "next item number"), ("snapshot_seq", "snapshot mark")):
+        value = meta.get(key)
+        if value is not None and not _counter(value):
+            return f"its owner record's {what} is not a number below 2^63"
     for what, sql in checks.items():
         if n := db.execute(sql).fetchone()[0]:
             return f"it holds {n} {what}"
     return None
+
+
+def _counter(value: object) -> bool:
+    """A stored counter: ASCII decimal digits that SQLite's 64-bit integers hold."""
+    return (isinstance(value, str) and re.fullmatch(r"[0-9]{1,19}", value) is not None
+            and int(value) < 2**63)  # fmt: skip
 
 
 class IndexMismatch(RuntimeError):
@@ -329,6 +340,23 @@ class Reader:
         self._guard = threading.Lock()
         self._generation = 0
         self._closed = False
+        self._active = 0  # statements running now: close() waits for them
+        self._idle = threading.Condition(self._guard)
+
+    @contextlib.contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted as in use: closing a connection while another
+        thread runs a statement on it crashes the process."""
+        with self._guard:
+            if self._closed:
+                raise sqlite3.ProgrammingError("the index is closed")
+            self._active += 1
+        try:
+            yield self._db()
+        finally:
+            with self._guard:
+                self._active -= 1
+                self._idle.notify_all()
 
     def _db(self) -> sqlite3.Connection:
         local = self._local
@@ -343,6 +371,8 @@ class Reader:
         return local.db
 
     def _past_deadline(self) -> int:
+        if self._closed:  # closing: every running statement stops now
+            return 1
         until = getattr(self._local, "until", None)
         return int(until is not None and time.monotonic() > until)
 
@@ -363,7 +393,8 @@ class Reader:
     def count(self, where: str = "1", params: tuple = ()) -> int:
         """Items matching a compiled filter (:mod:`.filters`); all by default."""
         sql = f"SELECT COUNT(*) FROM items WHERE {where}"
-        return self._db().execute(sql, params).fetchone()[0]
+        with self._using() as db:
+            return db.execute(sql, params).fetchone()[0]
 
     def page(
         self, after: str | None, limit: int, where: str = "1", params: tuple = ()
@@ -373,11 +404,13 @@ class Reader:
         is written meanwhile (a replaced item keeps its id, and its place)."""
         sql = (f"SELECT id, coalesce(length(CAST(metadata AS BLOB)), 0), created_at FROM items "
                f"WHERE id > ? AND ({where}) ORDER BY id LIMIT ?")  # fmt: skip
-        return self._db().execute(sql, (after or "", *params, limit)).fetchall()
+        with self._using() as db:
+            return db.execute(sql, (after or "", *params, limit)).fetchall()
 
     def matching(self, where: str, params: tuple) -> np.ndarray:
         """num_ids of the items a compiled filter selects."""
-        rows = self._db().execute(f"SELECT num_id FROM items WHERE {where}", params).fetchall()
+        with self._using() as db:
+            rows = db.execute(f"SELECT num_id FROM items WHERE {where}", params).fetchall()
         return np.array([r[0] for r in rows], dtype=np.int64)
 
     def sizes(self, num_ids: list[int]) -> dict[int, tuple[str, int]]:
@@ -398,14 +431,19 @@ class Reader:
         return dict(self._chunked(sql, ids))
 
     def _chunked(self, sql: str, keys: list) -> Iterator[tuple]:
-        db = self._db()
-        for start in range(0, len(keys), SQL_PARAMS):
-            part = keys[start : start + SQL_PARAMS]
-            yield from db.execute(sql.format(",".join("?" * len(part))), part)
+        with self._using() as db:
+            for start in range(0, len(keys), SQL_PARAMS):
+                part = keys[start : start + SQL_PARAMS]
+                yield from db.execute(sql.format(",".join("?" * len(part))), part).fetchall()
 
-    def close(self) -> None:
+    def close(self, wait_s: float = 30.0) -> None:
+        """Stop running statements (the progress handler interrupts them), wait for them to
+        leave, then close every connection. Past ``wait_s`` the connections are left open."""
         with self._guard:
             self._closed = True
+            if not self._idle.wait_for(lambda: self._active == 0, timeout=wait_s):
+                log.warning("%d reads still running on a closed index", self._active)
+                return
             for db in self._opened:
                 db.close()
             self._opened.clear()

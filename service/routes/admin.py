@@ -65,6 +65,19 @@ async def reload(
         # lock): reloading one of them again would otherwise find its index still locked.
         await request.app.state.rollouts.settled()
         old = holder.current
+        loader = getattr(request.app.state, "loader", None)
+        if old is None and loader is not None and not loader.done():
+            raise APIError(409, "starting", "the configured bundle is still loading: wait for "
+                           "/readyz, or for it to say why it cannot serve")  # fmt: skip
+        # a restart serves the new bundle too, in place of the one serving now (or of the
+        # configured one, if nothing serves): what it replaces is settled before loading
+        replaced: str | None = old.bundle_id if old is not None else None
+        if old is None:
+            try:
+                replaced = await asyncio.to_thread(bundle_id, settings.bundle)
+            except (OSError, ValueError) as exc:
+                log.warning("the configured bundle cannot be read (%s): a restart will not serve "
+                            "the reloaded one unless SDSSL_BUNDLE names it", exc)  # fmt: skip
         path = Path(body.bundle)
         try:
             new = await load_runtime(settings, path, metrics, current=old)
@@ -77,10 +90,7 @@ async def reload(
                 f"bundle refused: {_refusal(exc)}",
             ) from exc
         same = old is not None and new.index is old.index
-        # a restart serves it too (in place of the configured bundle, if nothing served)
-        replaced = old.bundle_id if old is not None else await asyncio.to_thread(
-            bundle_id, settings.bundle)  # fmt: skip
-        if new.bundle_id != replaced:
+        if replaced is not None and new.bundle_id != replaced:
             try:
                 await asyncio.to_thread(record_serving, settings.data_dir, path, new.bundle_id,
                                         replaced, "a reload")  # fmt: skip

@@ -193,3 +193,41 @@ def test_a_scan_past_its_time_is_stopped_and_says_so(hurried) -> None:
         assert_error(vector_search(c, slow), 503, "filter_timeout")
         assert c.get("/v1/items", params={"limit": 3}).status_code == 200  # no filter: no scan
         assert c.get("/readyz").status_code == 200
+
+
+CLOSE_DURING_SCAN = """
+import sys, threading, time
+from pathlib import Path
+from service.index.store import ItemStore, Reader
+folder = Path(sys.argv[1])
+store = ItemStore(folder, {"bundle_id": "b" * 64}, 2, 4)
+store.db.execute("INSERT INTO items (id, num_id, metadata, created_at) "
+                 "VALUES ('a', 1, NULL, 0)")
+reader = Reader(store.path)
+endless = ("(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+           "SELECT max(x) FROM c) > 0")
+outcome = []
+def scan():
+    try:
+        reader.count(endless)
+    except Exception as exc:
+        outcome.append(type(exc).__name__)
+t = threading.Thread(target=scan)
+t.start()
+time.sleep(0.5)
+reader.close()
+t.join(10)
+print(outcome, t.is_alive())
+"""
+
+
+def test_closing_the_index_during_a_scan_stops_the_scan_not_the_process(tmp_path) -> None:
+    """A reload or shutdown closes the reader while a scan may still run on another thread:
+    closing a SQLite connection under a running statement crashes the process."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", CLOSE_DURING_SCAN, str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert res.returncode == 0, (res.returncode, res.stderr[-1000:])
+    assert res.stdout.strip() == "['OperationalError'] False", res.stdout

@@ -6,6 +6,7 @@ security headers."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -200,3 +201,19 @@ def test_a_bad_pipelined_request_does_not_take_the_answer_of_the_one_before(srv)
     first, _, rest = answer.partition(b"\r\n")
     assert first.startswith(b"HTTP/1.1 200") and b'"results"' in answer, answer[:300]
     assert b"HTTP/1.1 431" in rest and answer.index(b'"results"') < answer.index(b"431")
+
+
+@pytest.mark.parametrize("between", [0, 1, 2], ids=["alone", "one-queued-before", "two-queued"])
+def test_a_pipelined_request_whose_body_breaks_answers_after_those_before(srv, between) -> None:
+    """A malformed chunked body on a request queued behind others: every one before it is
+    answered, in order, then the 400 — never in their place, never an app error."""
+    port = int(srv.url.rsplit(":", 1)[1])
+    get = b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n"
+    broken = (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+              b"ZZZ\r\nxx\r\n")  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(get * (between + 1) + broken)
+        answer = read_answers(s)
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)  # bodies end without a newline
+    assert statuses == [b"200"] * (between + 1) + [b"400"], answer[-400:]
+    assert b"internal_error" not in answer

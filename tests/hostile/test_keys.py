@@ -48,6 +48,24 @@ def test_a_key_given_as_a_flag_is_refused_without_echoing_it(tiny_bundle, tmp_pa
         assert "-file" in res.stderr or "unrecognized" in res.stderr, res.stderr
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--api-kye", "-S3cr3t-Key"],
+        ["-xS3cr3t-Key"],
+        ["--help=S3cr3t-Key"],
+        ["--port=S3cr3t-Key"],
+        ["--port", "S3cr3t-Key"],
+    ],
+    ids=["dash-value", "short-glued", "explicit-to-a-switch", "bad-int-glued", "bad-int"],
+)
+def test_no_argument_error_echoes_a_value(tiny_bundle, tmp_path, argv) -> None:
+    """argparse quotes what it could not take; a mistyped flag's value may be a key."""
+    res = serve(tiny_bundle, tmp_path / "data", *argv, timeout=30)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "S3cr3t" not in res.stdout + res.stderr, res.stderr
+
+
 @pytest.fixture(scope="module")
 def keyed(tiny_bundle, tmp_path_factory):
     """Both keys: the admin key from a file (as a Docker secret would give it), the read key

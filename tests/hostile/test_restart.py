@@ -114,3 +114,23 @@ def test_an_unreadable_serving_record_is_not_ready(bundles, tmp_path) -> None:
         s.stop()
     with Server(a, data, log) as s, s.client() as c:  # and a restart remembers it
         assert c.get("/v1/model").json()["model"] == bundle_id(b)
+
+
+def test_a_reload_when_the_configured_bundle_is_unreadable_serves_and_can_repeat(bundles, tmp_path):
+    """Nothing serves and SDSSL_BUNDLE's manifest is gone: a reload still serves the bundle it
+    names (not a 500 that leaves its index locked), and another reload after it works."""
+    a, b = bundles
+    data, log = tmp_path / "data", tmp_path / "log"
+    data.mkdir()
+    (data / "serving.json").write_text("{")
+    s = Server(a, data, log, api_key=KEY).start(until="livez")
+    try:
+        not_ready(s)
+        (a / "manifest.json").unlink()
+        with s.client() as c:
+            for target in (b, b):
+                r = c.post("/v1/admin/reload", json={"bundle": str(target)}, headers=ADMIN)
+                assert r.status_code == 200, r.text
+            assert c.get("/readyz").status_code == 200
+    finally:
+        s.stop()

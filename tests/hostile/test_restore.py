@@ -191,6 +191,20 @@ def test_free_space_is_checked_before_writing(made) -> None:
             lambda db: db.execute("UPDATE items SET created_at = 'yesterday' WHERE num_id = 4"),
             "without a time",
         ),
+        (  # isdigit() takes it; int() and SQLite do not
+            lambda db: db.execute("UPDATE meta SET value = '²' WHERE key = 'next_num_id'"),
+            "not a number",
+        ),
+        (  # past SQLite's 64-bit integers: every later add would overflow
+            lambda db: db.execute(
+                "UPDATE meta SET value = '99999999999999999999' WHERE key = 'next_num_id'"
+            ),
+            "not a number",
+        ),
+        (
+            lambda db: db.execute("INSERT OR REPLACE INTO meta VALUES ('snapshot_seq', 'zz')"),
+            "not a number",
+        ),
     ],
     ids=[
         "trigger",
@@ -203,6 +217,9 @@ def test_free_space_is_checked_before_writing(made) -> None:
         "next-id",
         "next-id-text",
         "created-at",
+        "next-id-superscript",
+        "next-id-past-int64",
+        "snapshot-seq-text",
     ],
 )
 def test_a_database_that_is_not_exactly_ours_is_refused(made, tmp_path, change, why) -> None:
