@@ -80,7 +80,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 
 # Re-exported when the model or the exporter changes (a bundle is immutable: a new one, a new id).
-$(DEFAULT_BUNDLE)/manifest.json: models/default/model.safetensors models/default/config.json $(wildcard export/*.py) | $(STAMP)
+$(DEFAULT_BUNDLE)/manifest.json: models/default/model.safetensors models/default/config.json $(wildcard export/*.py export/bridges/*.py) | $(STAMP)
 	$(BIN)/python -m export models/default $(DEFAULT_BUNDLE) --force
 
 $(GALLERY)/.complete: | $(STAMP)

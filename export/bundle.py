@@ -23,6 +23,7 @@ import onnx
 import torch
 from tqdm import tqdm
 
+from export.bridges.build import describe, fit_bridges, fold_graphs
 from export.errors import ExportError
 from export.graphs import AllExitsGraph, ExitGraph, SegmentGraph
 from export.manifest import (
@@ -149,36 +150,56 @@ def export_bundle(
     exporter: str = "legacy",
     progress: bool = True,
     segments: bool = True,
+    gallery_depth: int | None = None,
+    bridge_dataset: str | None = None,
     _after_graph: Callable[[str], None] | None = None,
 ) -> Manifest:
-    """Write a verified bundle for ``ckpt_dir`` at ``out_dir``; returns its manifest."""
+    """Write a verified bundle for ``ckpt_dir`` at ``out_dir``; returns its manifest. Every
+    graph's embedding is bridged into ``gallery_depth``'s space (default L), the bridges fitted
+    on the training split of ``bridge_dataset`` (default: the checkpoint's dataset)."""
     if exporter not in EXPORTERS:
         raise ExportError(f"unknown exporter {exporter!r} (choose from {', '.join(EXPORTERS)})")
     backbone, cfg = load_backbone(ckpt_dir)
     depth = cfg.model.depth
     depths = parse_exit_depths(exit_depths, depth)
+    gallery_depth = depth if gallery_depth is None else gallery_depth
+    if not 1 <= gallery_depth <= depth:
+        raise ExportError(f"gallery depth {gallery_depth} is not an exit depth (1..{depth})")
     if out_dir.exists() and not force:
         raise ExportError(f"{out_dir} already exists (use --force to replace it)")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is read by other users (docker)
+    tmp = staging_dir(out_dir)
     try:
         manifest = _write_graphs(
             backbone, cfg, ckpt_dir, tmp, depths, fp16, opset, exporter, progress, _after_graph,
-            segments,
+            segments, gallery_depth, bridge_dataset or cfg.data.dataset,
         )  # fmt: skip
-        _fsync_dir(tmp)
-        if out_dir.exists():  # --force: move the old bundle aside, then swap
-            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
-            os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out_dir)
+        install(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def staging_dir(out_dir: Path) -> Path:
+    """A hidden sibling of ``out_dir`` to assemble a bundle in (renamed into place by
+    :func:`install`, so nothing half-written ever looks like a bundle)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; a bundle is read by other users (docker)
+    return tmp
+
+
+def install(tmp: Path, out_dir: Path) -> None:
+    """fsync the assembled bundle, then rename it to ``out_dir`` (an existing one is moved
+    aside first and removed after the swap)."""
+    _fsync_dir(tmp)
+    if out_dir.exists():
+        old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+        os.rename(out_dir, old)
+        os.rename(tmp, out_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, out_dir)
 
 
 def _write_graphs(
@@ -192,7 +213,9 @@ def _write_graphs(
     exporter: str,
     progress: bool,
     after_graph: Callable[[str], None] | None,
-    with_segments: bool = True,
+    with_segments: bool,
+    gallery_depth: int,
+    bridge_dataset: str,
 ) -> Manifest:
     mean, std = cfg.data.mean, cfg.data.std
     images = sample_images(cfg)
@@ -242,6 +265,22 @@ def _write_graphs(
         if with_segments
         else []
     )
+    preprocess = Preprocess(
+        resize=eval_resize(cfg.model.img_size, cfg.data),
+        crop=cfg.model.img_size,
+        interpolation=cfg.data.interpolation,
+        mean=tuple(mean),
+        std=tuple(std),
+    )
+    all_entry = AllExitsEntry(file=ALL_EXITS_FILE, sha256=file_sha256(tmp / ALL_EXITS_FILE))
+    fitted = fit_bridges(tmp / ALL_EXITS_FILE, preprocess, cfg.model.depth, bridge_dataset,
+                         cfg.data.test_fraction, gallery_depth, progress, log.info)  # fmt: skip
+    entries, all_entry, segments = fold_graphs(tmp, entries, all_entry, segments, fitted, images,
+                                               fp16, reference)  # fmt: skip
+    if progress:
+        print(describe(fitted))
+    if after_graph is not None:
+        after_graph("bridges")
     manifest = Manifest(
         model=ModelInfo(
             img_size=cfg.model.img_size,
@@ -251,15 +290,9 @@ def _write_graphs(
             num_heads=cfg.model.num_heads,
             parameters=sum(p.numel() for p in backbone.parameters()),
         ),
-        preprocess=Preprocess(
-            resize=eval_resize(cfg.model.img_size, cfg.data),
-            crop=cfg.model.img_size,
-            interpolation=cfg.data.interpolation,
-            mean=tuple(mean),
-            std=tuple(std),
-        ),
+        preprocess=preprocess,
         exits=entries,
-        all_exits=AllExitsEntry(file=ALL_EXITS_FILE, sha256=file_sha256(tmp / ALL_EXITS_FILE)),
+        all_exits=all_entry,
         segments=segments,
         checkpoint_sha256=checkpoint_sha256(ckpt_dir),
         method=cfg.train.method,
@@ -267,6 +300,7 @@ def _write_graphs(
         precision="fp16" if fp16 else "fp32",
         opset=opset,
         created_at=datetime.now(UTC),
+        bridge=fitted.info,
     )
     (tmp / MANIFEST).write_text(manifest.to_json())
     (tmp / MANIFEST_DIGEST).write_text(file_sha256(tmp / MANIFEST) + "\n")

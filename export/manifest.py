@@ -23,12 +23,14 @@ from pydantic import (
     model_validator,
 )
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bridged graphs (``bridge``); 1: raw graphs, upgraded by ``export bridge``
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"  # sha256 of manifest.json, written last: edits are caught
 INPUT_NAME = "images"  # uint8 [N, S, S, 3] RGB
-EXIT_OUTPUT = "embedding"  # float32 [N, D], L2-normalised
-ALL_EXITS_OUTPUT = "embeddings"  # float32 [L, N, D]
+EXIT_OUTPUT = "embedding"  # float32 [N, D], L2-normalised; bridged into the gallery's space (v2)
+ALL_EXITS_OUTPUT = "embeddings"  # float32 [L, N, D]; bridged (v2)
+RAW_EXIT_OUTPUT = "raw_embedding"  # v2: the exit's own embedding, before the bridge
+RAW_ALL_EXITS_OUTPUT = "raw_embeddings"  # v2: the same for every exit, [L, N, D]
 SEGMENT_INPUT = "hidden"  # a segment after the first: the hidden state [N, T, D]
 SEGMENT_OUTPUT = "hidden_next"  # every segment: the hidden state after its last block
 # A graph's file is a bare name inside the bundle: no folders, no "..", no absolute paths.
@@ -66,6 +68,26 @@ class Preprocess(_Strict):
     std: tuple[float, float, float]
 
 
+class Retrieval(_Strict):
+    """How this depth's bridged queries search a gallery embedded at the gallery depth, measured
+    at export on images disjoint from the bridges' fit (k-NN needs labels; recall does not)."""
+
+    queries: int = Field(gt=0)
+    gallery: int = Field(gt=0)
+    knn_same: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="k-NN top-1 with a gallery at this same depth"
+    )
+    knn_same_se: float | None = Field(default=None, ge=0.0)
+    knn_bridged: float | None = Field(
+        default=None, ge=0.0, le=1.0, description="k-NN top-1 against the gallery-depth gallery"
+    )
+    knn_bridged_se: float | None = Field(default=None, ge=0.0)
+    recall_at_10: float = Field(
+        ge=0.0, le=1.0, description="share of the gallery-depth query's 10 neighbours found"
+    )
+    recall_at_10_se: float = Field(ge=0.0)
+
+
 class ExitEntry(_Strict):
     exit_depth: int = Field(gt=0)
     file: str = Field(pattern=GRAPH_FILE)
@@ -73,6 +95,8 @@ class ExitEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     knn_top1: float | None = Field(default=None, ge=0.0, le=1.0)
     linear_top1: float | None = Field(default=None, ge=0.0, le=1.0)
+    bridge_lambda: float | None = Field(default=None, ge=0.0, description="the ridge's λ")
+    retrieval: Retrieval | None = None
 
 
 class SegmentEntry(_Strict):
@@ -90,10 +114,23 @@ class AllExitsEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class Bridge(_Strict):
+    """Every graph's ``embedding`` is bridged into the space of ``gallery_depth``: one gallery,
+    embedded there, serves queries of every exit depth. The graph's own embedding is the
+    ``raw_embedding`` (``raw_embeddings``) output."""
+
+    gallery_depth: int = Field(gt=0)
+    method: Literal["ridge"] = "ridge"
+    dataset: str = Field(description="the dataset spec whose training split the bridges fit")
+    test_fraction: float = Field(ge=0.0, lt=1.0)
+    fit_images: int = Field(gt=0)
+    gallery_images: int = Field(ge=0, description="the evaluation's gallery, disjoint from the fit")
+
+
 class Manifest(_Strict):
     """Everything the service needs to know about a bundle."""
 
-    format_version: Literal[1] = FORMAT_VERSION
+    format_version: Literal[1, 2] = FORMAT_VERSION
     model: ModelInfo
     preprocess: Preprocess
     exits: list[ExitEntry] = Field(min_length=1)
@@ -107,6 +144,7 @@ class Manifest(_Strict):
     precision: Literal["fp32", "fp16"] = "fp32"
     opset: int
     created_at: datetime
+    bridge: Bridge | None = Field(default=None, description="format 2: the bridges folded in")
 
     @field_validator("exits")
     @classmethod
@@ -125,6 +163,10 @@ class Manifest(_Strict):
                 )
             if e.dim != self.model.dim:
                 raise ValueError(f"exit {e.exit_depth} dim {e.dim} != model dim {self.model.dim}")
+        if (self.format_version == 2) != (self.bridge is not None):
+            raise ValueError("format_version 2 bundles carry a bridge; format 1 bundles do not")
+        if self.bridge is not None and self.bridge.gallery_depth > self.model.depth:
+            raise ValueError(f"bridge.gallery_depth exceeds model depth {self.model.depth}")
         if self.preprocess.crop != self.model.img_size:
             raise ValueError("preprocess.crop must equal model.img_size")
         if self.segments:

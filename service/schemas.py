@@ -186,8 +186,17 @@ class LatencyRow(BaseModel):
 
 class AccuracyRow(BaseModel):
     exit_depth: int
-    knn_top1: float | None
+    knn_top1: float | None = Field(description="k-NN top-1 at this depth (training's evaluation)")
     linear_top1: float | None
+    knn_bridged: float | None = Field(
+        None,
+        description="k-NN top-1 of this depth's bridged queries against a gallery embedded at "
+        "the bundle's gallery depth (measured at export, on images disjoint from the fit)",
+    )
+    knn_bridged_se: float | None = Field(None, description="its standard error")
+    recall_at_10: float | None = Field(
+        None, description="share of the gallery-depth query's 10 nearest items found"
+    )
     predicted_ms_batch1: float
 
 

@@ -25,6 +25,9 @@ async def model(_: ReadDep, runtime: RuntimeDep) -> dict:
             "exit_depth": e.exit_depth,
             "knn_top1": e.knn_top1,
             "linear_top1": e.linear_top1,
+            "knn_bridged": e.retrieval.knn_bridged if e.retrieval else None,
+            "knn_bridged_se": e.retrieval.knn_bridged_se if e.retrieval else None,
+            "recall_at_10": e.retrieval.recall_at_10 if e.retrieval else None,
             "predicted_ms_batch1": round(runtime.scheduler.latency.predict(e.exit_depth, 1), 3),
         }
         for e in m.exits

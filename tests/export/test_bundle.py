@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 from PIL import Image
@@ -16,7 +17,18 @@ from skimage import data as skdata
 
 from export.bundle import export_bundle
 from export.errors import BundleError, ExportError
-from export.manifest import INPUT_NAME, MANIFEST, SEGMENT_INPUT, Manifest, bundle_id
+from export.manifest import (
+    ALL_EXITS_OUTPUT,
+    EXIT_OUTPUT,
+    INPUT_NAME,
+    MANIFEST,
+    RAW_ALL_EXITS_OUTPUT,
+    RAW_EXIT_OUTPUT,
+    SEGMENT_INPUT,
+    SEGMENT_OUTPUT,
+    Manifest,
+    bundle_id,
+)
 from export.parity import onnx_session
 from export.verify import verify_bundle
 from service.images import resize_center_crop
@@ -49,6 +61,20 @@ def torch_reference(ckpt, images: np.ndarray) -> np.ndarray:
         return exit_embeddings(backbone, (x - mean) / std, range(1, cfg.model.depth + 1)).numpy()
 
 
+def bridged_reference(path, raw: np.ndarray) -> np.ndarray:
+    """The torch model's embedding mapped by the bridge a graph carries (its ``bridge_``
+    initialisers): ``normalise(raw @ W + b)``, computed in torch."""
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    w, b = (torch.from_numpy(init[k].copy()) for k in ("bridge_weight", "bridge_bias"))
+    return torch.nn.functional.normalize(torch.from_numpy(raw) @ w + b, dim=-1).numpy()
+
+
+def close(got: np.ndarray, want: np.ndarray, precision: str) -> bool:
+    if precision == "fp32":
+        return bool(np.abs(got - want).max() <= 1e-4)
+    return bool(cosine(got, want).min() >= 0.999)
+
+
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
 
@@ -62,6 +88,8 @@ def fp16_bundle(tiny_checkpoint, tmp_path_factory):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_parity_at_every_depth(tiny_checkpoint, tiny_bundle, fp16_bundle, precision) -> None:
+    """Every exit graph and the all-exits graph: the raw output equals the torch model's
+    embedding, the bridged output equals the torch model's embedding mapped by the bridge."""
     bundle = tiny_bundle if precision == "fp32" else fp16_bundle
     _, cfg = load_backbone(tiny_checkpoint)
     rng = np.random.default_rng(1)
@@ -70,23 +98,32 @@ def test_parity_at_every_depth(tiny_checkpoint, tiny_bundle, fp16_bundle, precis
     ref = torch_reference(tiny_checkpoint, images)
     m = Manifest.read(bundle)
     assert m.exit_depths == [1, 2, 3, 4] and m.precision == precision
-    all_out = onnx_session(bundle / m.all_exits.file).run(None, {INPUT_NAME: images})[0]
-    assert all_out.shape == (4, len(images), 32) and all_out.dtype == np.float32
+    assert m.format_version == 2 and m.bridge is not None and m.bridge.gallery_depth == 4
+    all_path = bundle / m.all_exits.file
+    all_out, all_raw = onnx_session(all_path).run(
+        [ALL_EXITS_OUTPUT, RAW_ALL_EXITS_OUTPUT], {INPUT_NAME: images}
+    )
+    assert all_out.shape == all_raw.shape == (4, len(images), 32) and all_out.dtype == np.float32
+    all_bridged = bridged_reference(all_path, ref)  # [L, N, D] @ [L, D, D]
     for e in m.exits:
-        out = onnx_session(bundle / e.file).run(None, {INPUT_NAME: images})[0]
+        d = e.exit_depth
+        out, raw = onnx_session(bundle / e.file).run(
+            [EXIT_OUTPUT, RAW_EXIT_OUTPUT], {INPUT_NAME: images}
+        )
         assert out.shape == (len(images), 32) and out.dtype == np.float32
-        for got in (out, all_out[e.exit_depth - 1]):
-            if precision == "fp32":
-                assert np.abs(got - ref[e.exit_depth - 1]).max() <= 1e-4
-            else:
-                assert cosine(got, ref[e.exit_depth - 1]).min() >= 0.999
-        if precision == "fp32":
-            assert np.abs(out - all_out[e.exit_depth - 1]).max() <= 1e-4
+        want = bridged_reference(bundle / e.file, ref[d - 1])
+        assert close(want, all_bridged[d - 1], "fp32")  # one bridge per depth, in both graphs
+        for got in (out, all_out[d - 1]):
+            assert close(got, want, precision), (e.file, d)
+        for got in (raw, all_raw[d - 1]):
+            assert close(got, ref[d - 1], precision), (e.file, d)
+    assert close(all_out[3], ref[3], precision)  # the gallery depth's bridge is the identity
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_chained_segments_equal_every_exit(tiny_checkpoint, tiny_bundle, fp16_bundle, precision):
-    """Blocks run one segment at a time on the hidden state give each exit's embedding."""
+    """Blocks run one segment at a time on the hidden state give each exit's embedding, raw
+    and bridged."""
     bundle = tiny_bundle if precision == "fp32" else fp16_bundle
     _, cfg = load_backbone(tiny_checkpoint)
     images = real_images(cfg)
@@ -96,12 +133,12 @@ def test_chained_segments_equal_every_exit(tiny_checkpoint, tiny_bundle, fp16_bu
     hidden = images
     for seg in m.segments:
         feed = {SEGMENT_INPUT if seg.first else INPUT_NAME: hidden}
-        hidden, out = onnx_session(bundle / seg.file).run(None, feed)
+        hidden, out, raw = onnx_session(bundle / seg.file).run(
+            [SEGMENT_OUTPUT, EXIT_OUTPUT, RAW_EXIT_OUTPUT], feed
+        )
         assert hidden.shape[:1] == out.shape[:1] == (len(images),)
-        if precision == "fp32":
-            assert np.abs(out - ref[seg.last - 1]).max() <= 1e-4
-        else:
-            assert cosine(out, ref[seg.last - 1]).min() >= 0.999
+        assert close(out, bridged_reference(bundle / seg.file, ref[seg.last - 1]), precision)
+        assert close(raw, ref[seg.last - 1], precision)
     broken = m.model_dump() | {"segments": [s.model_dump() for s in m.segments[1:]]}
     with pytest.raises(ValueError, match="segments must chain"):
         Manifest.model_validate(broken)
