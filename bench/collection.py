@@ -2,11 +2,11 @@
 
 - rollout throughput: a real server on the default bundle with ``--rollout-items`` real digits
   (kept inputs), rolled out to a second bundle of the same model (the default bundle's manifest
-  re-serialised: another bundle id, the same graphs and cost) — items/s re-embedded at every exit
-  depth, against the all-exits graph's own images/s in this process at the same batch size;
-- snapshot size and time for ``--snapshot-items`` items of the default model's shape (12 depths
-  x 128 floats + a kept 28x28 PNG each), written straight through ``ItemIndex``; and the time to
-  restore it and to open the restored folder (FAISS rebuilt from SQLite).
+  re-serialised: another bundle id, the same graphs and cost) — items/s re-embedded at the
+  gallery depth, against the gallery graph's own images/s in this process at the same batch size;
+- snapshot size and time for ``--snapshot-items`` items of the default model's shape (one
+  128-float gallery vector + a kept 28x28 PNG each), written straight through ``ItemIndex``;
+  and the time to restore it and to open the restored folder (FAISS rebuilt from SQLite).
 
     python -m bench.collection [--rollout-items 2000] [--snapshot-items 100000]
 """
@@ -29,7 +29,7 @@ from PIL import Image
 from bench.common import DEFAULT_BUNDLE, ServerProcess, digit_pngs, machine
 from export.manifest import MANIFEST, MANIFEST_DIGEST, Manifest, bundle_id, file_sha256
 from service import snapshots
-from service.engine import ALL_EXITS, Engine, default_threads
+from service.engine import Engine, default_threads
 from service.images import prepare
 from service.index import ItemIndex
 
@@ -44,15 +44,15 @@ def second_bundle(src: Path, dst: Path) -> Path:
 
 
 def in_process_rate(bundle: Path, pngs: list[bytes], batch: int, threads: int) -> float:
-    """Images/s of the all-exits graph at ``batch`` in this process (decoding excluded)."""
+    """Images/s of the gallery graph at ``batch`` in this process (decoding excluded)."""
     m = Manifest.read(bundle)
     p = m.preprocess
     engine = Engine(bundle, m, "cpu", threads)
     rows = np.stack([prepare(b, p.resize, p.crop, p.interpolation, 10**8) for b in pngs[:batch]])
-    engine.run(ALL_EXITS, rows)
+    engine.embed_gallery(rows)
     runs, started = 0, time.perf_counter()
     while time.perf_counter() - started < 3:
-        engine.run(ALL_EXITS, rows)
+        engine.embed_gallery(rows)
         runs += 1
     return runs * batch / (time.perf_counter() - started)
 
@@ -96,17 +96,17 @@ def kept_pngs(k: int = 64) -> list[bytes]:
 
 def bench_snapshot(n: int, work: Path) -> dict:
     m = Manifest.read(DEFAULT_BUNDLE)
-    depth, dim = m.model.depth, m.model.dim
+    depth, dim = m.bridge.gallery_depth, m.model.dim
     bid = bundle_id(DEFAULT_BUNDLE)
     folder = work / "snap-data" / bid
-    idx = ItemIndex(folder, bid, list(range(1, depth + 1)), dim, snapshot_every=10**9)
+    idx = ItemIndex(folder, bid, depth, dim, snapshot_every=10**9)
     rng = np.random.default_rng(0)
     pngs = kept_pngs()
     started = time.perf_counter()
     chunk = 2000
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
-        v = rng.standard_normal((k, depth, dim)).astype(np.float32)
+        v = rng.standard_normal((k, dim)).astype(np.float32)
         v /= np.linalg.norm(v, axis=-1, keepdims=True)
         idx.upsert([f"i-{start + j}" for j in range(k)],
                    [{"label": str((start + j) % 10)} for j in range(k)], v,
@@ -121,7 +121,7 @@ def bench_snapshot(n: int, work: Path) -> dict:
     snapshots.restore(made.path, restored)
     restore_s = time.perf_counter() - started
     started = time.perf_counter()
-    again = ItemIndex(restored / bid, bid, list(range(1, depth + 1)), dim)
+    again = ItemIndex(restored / bid, bid, depth, dim)
     open_s = time.perf_counter() - started
     try:
         assert again.count() == n
@@ -146,15 +146,15 @@ def main() -> None:
             r = bench_rollout(args.rollout_items, args.batch, work)
             print(f"\nrollout of {r['items']} items (default bundle, batch {r['batch']}, idle "
                   f"server): {r['wall_s']:.1f} s from POST to swap")  # fmt: skip
-            print("| job items/s (all exits) | all-exits graph in-process images/s | ratio |")
+            print("| job items/s (gallery depth) | gallery graph in-process images/s | ratio |")
             print("|---:|---:|---:|")
             ratio = r["job_items_per_s"] / r["graph_images_per_s"]
             print(f"| {r['job_items_per_s']:.0f} | {r['graph_images_per_s']:.0f} | {ratio:.2f} |")
         if args.snapshot_items:
             s = bench_snapshot(args.snapshot_items, work)
             mb = 2**20
-            print(f"\nsnapshot of {s['items']} items ({s['depth']} depths x {s['dim']} floats "
-                  f"+ a kept PNG each; filled in {s['fill_s']:.0f} s)")  # fmt: skip
+            print(f"\nsnapshot of {s['items']} items (one {s['dim']}-float vector at depth "
+                  f"{s['depth']} + a kept PNG each; filled in {s['fill_s']:.0f} s)")  # fmt: skip
             print("| database MiB | snapshot MiB | snapshot s | restore s | open restored s |")
             print("|---:|---:|---:|---:|---:|")
             print(

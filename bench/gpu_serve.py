@@ -91,25 +91,25 @@ def faiss_parity(n: int = 100_000, dim: int = 128, k: int = 10) -> list[str]:
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         return ["FAISS: no GPU build or no GPU visible; its search stays on the CPU.", ""]
-    from service.index.vectors import VectorIndexes
+    from service.index.vectors import GalleryVectors
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((n, 1, dim)).astype(np.float32)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
     x /= np.linalg.norm(x, axis=-1, keepdims=True)
     ids = np.arange(n, dtype=np.int64)
-    q = x[:100, 0] + 0.1 * rng.standard_normal((100, dim)).astype(np.float32)
+    q = x[:100] + 0.1 * rng.standard_normal((100, dim)).astype(np.float32)
     lines = ["| index | recall@10 of GPU vs CPU results | CPU ms / query batch | GPU ms |"]
     lines.append("|---|---:|---:|---:|")
     for factory in ("Flat", "IVF1024,Flat"):
         found = {}
         for use_gpu in (False, True):
-            v = VectorIndexes(Path("/nonexistent"), [1], dim, factory, use_gpu)
+            v = GalleryVectors(Path("/nonexistent"), dim, factory, use_gpu)
             v.active = factory
             v.rebuild(x, [(ids, x)])
-            v.search(1, q, k)  # copy to the GPU (or warm the CPU)
+            v.search(q, k)  # copy to the GPU (or warm the CPU)
             v.add(ids[:1] + n, x[:1])  # a write goes into the GPU copy in place
             start = time.perf_counter()
-            _, nums = v.search(1, q, k)
+            _, nums = v.search(q, k)
             found[use_gpu] = (nums[:, :k], 1000 * (time.perf_counter() - start), v.device)
         cpu, gpu = found[False], found[True]
         recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(cpu[0], gpu[0], strict=True)])

@@ -1,8 +1,8 @@
 """Server memory and start-up with a large index: RSS of a real server holding the default
-bundle and --items items (all exit depths indexed), and its start-up time to /readyz.
+bundle and --items items (one gallery vector each), and its start-up time to /readyz.
 
-Items' vectors are real all-exit embeddings of mnist5k images, repeated with small jitter to
-reach the count; they are written through the server's own ItemIndex (SQLite + FAISS).
+Items' vectors are real gallery-depth embeddings of mnist5k images, repeated with small jitter
+to reach the count; they are written through the server's own ItemIndex (SQLite + FAISS).
 
     python -m bench.memory [--bundle artifacts/bundles/default] [--items 100000]
 
@@ -42,10 +42,10 @@ def fill(bundle: Path, data: Path, items: int) -> float:
     session = ort.InferenceSession(
         str(bundle / m.all_exits.file), providers=["CPUExecutionProvider"]
     )
-    base = session.run([ALL_EXITS_OUTPUT], {INPUT_NAME: x})[0].transpose(1, 0, 2)  # [N, L, D]
+    gallery = m.bridge.gallery_depth if m.bridge else m.model.depth
+    base = session.run([ALL_EXITS_OUTPUT], {INPUT_NAME: x})[0][gallery - 1]  # [N, D]
     bid = bundle_id(bundle)
-    index = ItemIndex(data / bid, bid, list(range(1, m.model.depth + 1)), m.model.dim,
-                      snapshot_every=10**9)  # fmt: skip
+    index = ItemIndex(data / bid, bid, gallery, m.model.dim, snapshot_every=10**9)
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for s in range(0, items, 2000):

@@ -8,8 +8,8 @@ usage() {
     cat <<USAGE
 usage: scripts/reindex.sh BUNDLE_DIR SOURCE... [--data-dir DIR] [--batch-size N] [--quiet]
 
-Embed every image of the sources at every exit depth (one pass of all_exits.onnx) into the
-bundle's indexes under DATA_DIR/<bundle id>/ (default: \$SDSSL_DATA_DIR or artifacts/data).
+Embed every image of the sources once, at the bundle's gallery depth, into the bundle's
+gallery under DATA_DIR/<bundle id>/ (default: \$SDSSL_DATA_DIR or artifacts/data).
 SOURCE is an image folder (id = file stem, label = parent folder) or a text file of
 'path<TAB>id' lines. Ids already indexed are skipped, so an interrupted run resumes.
 Index a bundle before serving it (or before 'scripts/reload.sh' swaps to it).

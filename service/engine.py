@@ -24,6 +24,7 @@ from export.manifest import (
     INPUT_NAME,
     SEGMENT_INPUT,
     SEGMENT_OUTPUT,
+    BundleIntegrityError,
     Manifest,
 )
 from service.errors import Refusal
@@ -71,6 +72,29 @@ def choose_providers(device: str) -> list[str]:
             f"{', '.join(available)}): install onnxruntime-gpu, or use SDSSL_DEVICE=auto|cpu"
         )
     return [CPU]
+
+
+def gallery_depth(manifest: Manifest) -> int:
+    """The exit depth a bundle's gallery is embedded at (every graph's ``embedding`` output is
+    bridged into its space); BundleIntegrityError for a format-1 bundle, which has no bridges."""
+    if manifest.bridge is None:
+        raise BundleIntegrityError(
+            "the bundle has no bridges (manifest format 1): upgrade it with "
+            "`python -m export bridge BUNDLE --dataset SPEC`"
+        )
+    return manifest.bridge.gallery_depth
+
+
+def gallery_graph(manifest: Manifest) -> GraphKey:
+    """The graph that embeds items: the gallery depth's exit graph, or the all-exits graph when
+    the bundle was exported without that exit (then :func:`gallery_rows` picks its row)."""
+    d = gallery_depth(manifest)
+    return d if d in manifest.exit_depths else ALL_EXITS
+
+
+def gallery_rows(manifest: Manifest, output: np.ndarray) -> np.ndarray:
+    """``[N, D]`` gallery vectors from :func:`gallery_graph`'s output."""
+    return output if output.ndim == 2 else output[gallery_depth(manifest) - 1]
 
 
 def graph_files(manifest: Manifest) -> dict[GraphKey, str]:
@@ -143,6 +167,10 @@ class Engine:
             [SEGMENT_OUTPUT, EXIT_OUTPUT], {name: hidden}
         )
         return hidden_next, embedding
+
+    def embed_gallery(self, images: np.ndarray) -> np.ndarray:
+        """uint8 ``[N, S, S, 3]`` → ``[N, D]``: items' vectors, at the gallery depth."""
+        return gallery_rows(self.manifest, self.run(gallery_graph(self.manifest), images))
 
     def run(self, graph: GraphKey, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, S, S, 3]`` → ``[N, D]`` at an exit depth, or ``[L, N, D]`` for ALL_EXITS."""

@@ -36,7 +36,7 @@ class Metrics:
             "sdssl_budget_requests", "Budgeted requests by outcome", ["outcome"], registry=r
         )
         self.items = Gauge(
-            "sdssl_index_items", "Items per exit depth's index", ["exit_depth"], registry=r
+            "sdssl_index_items", "Vectors in the gallery's index (one per item)", registry=r
         )
         self.sessions = Gauge(
             "sdssl_engine_sessions",

@@ -4,8 +4,8 @@ Sources are image folders (every image below them; id = file stem, metadata = th
 folder's name as ``label`` and the path) or text files listing ``path[<TAB>id]`` per line.
 Each item keeps its input as the server does (``SDSSL_KEEP_INPUTS``), so a later rollout
 can re-embed it. Items already in the index are skipped, so an interrupted run resumes where
-it stopped. Each batch is embedded once with the all-exits graph and committed before the
-next starts. Run it against a bundle that no server is serving at the same moment (e.g. a new
+it stopped. Each batch is embedded once, at the bundle's gallery depth, and committed before
+the next starts. Run it against a bundle that no server is serving at the same moment (e.g. a new
 bundle, before ``POST /v1/admin/reload``): the index's writer lock refuses it otherwise.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from export.manifest import BundleIntegrityError, bundle_id, load_verified
-from service.engine import ALL_EXITS, Engine
+from service.engine import Engine
 from service.errors import APIError
 from service.images import prepare, prepare_kept
 from service.index import IndexMismatch, StorageError, WriterLockHeld, open_index
@@ -96,8 +96,7 @@ def reindex(
                 ids.append(item_id)
                 metas.append(meta)
             if rows:
-                vectors = engine.run(ALL_EXITS, np.stack(rows))  # [L, N, D]
-                index.upsert(ids, metas, vectors.transpose(1, 0, 2), kept or None)
+                index.upsert(ids, metas, engine.embed_gallery(np.stack(rows)), kept or None)
                 counts["indexed"] += len(ids)
             if progress:
                 done = min(start + batch_size, len(todo))

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 
 from export.manifest import BundleIntegrityError, bundle_id
-from service.engine import ALL_EXITS
 from service.errors import APIError, StorageError
 from service.images import prepare
 from service.index import IndexMismatch, WriterLockHeld
@@ -82,8 +81,9 @@ class Rollout:
 
     # ---- re-embedding --------------------------------------------------------------------------
     def _embed_sync(self, pngs: list[bytes | None]) -> list[np.ndarray | None]:
-        """The target's embeddings ``[L, D]`` of kept inputs, None where there is no input or
-        the target's preprocessing refuses it (an aspect its resize cannot take, say)."""
+        """The target's gallery embeddings ``[D]`` of kept inputs (one depth: its gallery
+        depth), None where there is no input or the target's preprocessing refuses it (an
+        aspect its resize cannot take, say)."""
         assert self.target is not None
         p = self.target.manifest.preprocess
         interp, limit = p.interpolation, self.manager.settings.max_pixels
@@ -97,9 +97,9 @@ class Rollout:
         ok = [i for i, r in enumerate(rows) if r is not None]
         out: list[np.ndarray | None] = [None] * len(pngs)
         if ok:
-            vectors = self.target.engine.run(ALL_EXITS, np.stack([rows[i] for i in ok]))
+            vectors = self.target.engine.embed_gallery(np.stack([rows[i] for i in ok]))
             for j, i in enumerate(ok):
-                out[i] = vectors[:, j]
+                out[i] = vectors[j]
         return out
 
     async def embed(self, pngs: list[bytes | None]) -> list[np.ndarray | None] | None:
@@ -156,8 +156,7 @@ class Rollout:
         m = self.manager
         await m.settled()  # an earlier job's target must have closed (and released its lock)
         target = await load_runtime(m.settings, Path(self.job.bundle), m.metrics)
-        for d, n in self.source.index.index_sizes().items():  # the gauge shows what serves
-            m.metrics.items.labels(str(d)).set(n)
+        m.metrics.items.set(self.source.index.indexed())  # the gauge shows what serves
         if target.bundle_id == self.source.bundle_id:
             await target.close()
             raise RolloutError("that bundle is the one being served")
@@ -271,8 +270,7 @@ class Rollout:
                 raise RolloutError(f"job is {job.state}, not ready to swap")
             m.holder.current = self.target
             report_device(self.target, m.metrics)
-            for d, n in self.target.index.index_sizes().items():
-                m.metrics.items.labels(str(d)).set(n)
+            m.metrics.items.set(self.target.index.indexed())
             await asyncio.to_thread(
                 record_serving, m.settings.data_dir, Path(job.bundle), self.target.bundle_id,
                 self.source.bundle_id, f"rollout {job.id}",

@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from export.manifest import Manifest, bundle_id, load_verified
-from service.engine import ALL_EXITS, Engine, GraphKey, Segment, choose_providers
+from service.engine import (
+    ALL_EXITS,
+    Engine,
+    GraphKey,
+    Segment,
+    choose_providers,
+    gallery_depth,
+)
 from service.index import ItemIndex, open_index
 from service.inference import Mode, Scheduler
 from service.inference.batcher import BatchRecord
@@ -44,6 +51,11 @@ class Runtime:
     @property
     def exit_depths(self) -> list[int]:
         return self.manifest.exit_depths
+
+    @property
+    def gallery_depth(self) -> int:
+        """The exit depth items are embedded at; queries of every depth search its space."""
+        return gallery_depth(self.manifest)
 
     async def close(self, keep_index: bool = False) -> None:
         """Wait for in-flight requests, drain the queue, persist and close the index (unless
@@ -90,6 +102,7 @@ def _build(
     settings: Settings, bundle: Path, current: Runtime | None
 ) -> tuple[Manifest, str, Engine, LatencyModel, ItemIndex, dict[GraphKey, np.ndarray]]:
     manifest = load_verified(bundle)
+    gallery_depth(manifest)  # a bundle without bridges is refused before anything opens
     bid = bundle_id(bundle)
     choose_providers(settings.device)  # an impossible device refuses before the index opens
     # A reload of the bundle being served shares its open index; otherwise the index opens
@@ -149,8 +162,7 @@ async def load_runtime(
     )
     scheduler.start()
     runtime = Runtime(bundle, manifest, bid, engine, scheduler, index)
-    for d, n in index.index_sizes().items():
-        metrics.items.labels(str(d)).set(n)
+    metrics.items.set(index.indexed())
     return runtime
 
 

@@ -41,6 +41,7 @@ class EmbeddingsOut(BaseModel):
                 {
                     "model": "9d2f…",
                     "exit_depth": 6,
+                    "gallery_depth": 12,
                     "dim": 128,
                     "encoding": "json",
                     "embeddings": [[0.031, -0.12, 0.088]],
@@ -50,11 +51,14 @@ class EmbeddingsOut(BaseModel):
         }
     )
     model: str = Field(description="bundle id (sha256 of its manifest)")
-    exit_depth: int
+    exit_depth: int = Field(description="the depth the images ran to")
+    gallery_depth: int = Field(description="the depth whose space the rows are bridged into")
     dim: int
     encoding: str = Field("json", description="json, base64 (float32 LE) or base64-f16")
     embeddings: list[list[float]] | list[str] = Field(
-        description="L2-normalised, one row per image: numbers, or base64 per row"
+        description="L2-normalised, one row per image: numbers, or base64 per row. Computed at "
+        "`exit_depth` and bridged into the space of the bundle's gallery depth: the space "
+        "items are stored and searched in, so a row can be sent to `/v1/search` as a vector"
     )
     timing: TimingOut
 
@@ -72,6 +76,7 @@ class SearchOut(BaseModel):
                 {
                     "model": "9d2f…",
                     "exit_depth": 6,
+                    "gallery_depth": 12,
                     "results": [{"id": "cat-1", "score": 0.93, "metadata": {"label": "cat"}}],
                     "timing": TIMING_EXAMPLE,
                 }
@@ -79,7 +84,11 @@ class SearchOut(BaseModel):
         }
     )
     model: str
-    exit_depth: int
+    exit_depth: int = Field(
+        description="the query's: the depth its image ran to (for a vector: the one it named, "
+        "else the gallery depth)"
+    )
+    gallery_depth: int = Field(description="the items': the space the search ran in")
     results: list[Hit]
     timing: TimingOut
 
@@ -91,6 +100,7 @@ class BatchSearchOut(BaseModel):
                 {
                     "model": "9d2f…",
                     "exit_depth": 6,
+                    "gallery_depth": 12,
                     "results": [
                         [{"id": "cat-1", "score": 0.93, "metadata": {"label": "cat"}}],
                         [{"id": "dog-4", "score": 0.88, "metadata": None}],
@@ -101,7 +111,8 @@ class BatchSearchOut(BaseModel):
         }
     )
     model: str
-    exit_depth: int
+    exit_depth: int = Field(description="the queries': the depth their images were embedded at")
+    gallery_depth: int = Field(description="the items': the space the search ran in")
     results: list[list[Hit]] = Field(description="one list of hits per query, in order")
     timing: TimingOut
 
@@ -124,7 +135,9 @@ class ItemOut(BaseModel):
     id: str
     metadata: Any = None
     created_at: float = Field(description="UNIX time of the last upsert")
-    exit_depth: int | None = Field(None, description="of `vector`, when asked for")
+    exit_depth: int | None = Field(
+        None, description="of `vector`, when asked for: the gallery depth, whose space it is in"
+    )
     encoding: str | None = Field(None, description="of `vector`: json, base64 or base64-f16")
     vector: list[float] | str | None = Field(None, description="the stored embedding")
 
@@ -312,13 +325,20 @@ class ReloadOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [
-                {"model": "9d2f…", "previous": "41ab…", "exit_depths": [1, 2, 3, 4], "items": 5000}
+                {
+                    "model": "9d2f…",
+                    "previous": "41ab…",
+                    "exit_depths": [1, 2, 3, 4],
+                    "gallery_depth": 4,
+                    "items": 5000,
+                }
             ]
         }
     )
     model: str
     previous: str | None
     exit_depths: list[int]
+    gallery_depth: int = Field(description="the depth items are embedded at")
     items: int
 
 

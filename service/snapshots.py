@@ -388,7 +388,7 @@ def _put_in_place(databases: dict[str, Path], data_dir: Path, force: bool) -> No
             check(folder)  # a server may have written it meanwhile
         for bid, db in databases.items():
             folder = data_dir / bid
-            for old in [*folder.glob("index_d*.faiss"), folder / "snapshot.json",
+            for old in [*folder.glob("index*.faiss"), folder / "snapshot.json",
                         folder / f"{DATABASE}-wal", folder / f"{DATABASE}-shm"]:  # fmt: skip
                 old.unlink(missing_ok=True)
             fsync_rename(db, folder / DATABASE)

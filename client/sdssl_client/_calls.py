@@ -89,10 +89,8 @@ def search(
     parse = lambda r: SearchResult.parse(r.json())  # noqa: E731
     leave_out = None if metadata else False  # the server's default is true: send only false
     if (image is None) == (vector is None):
-        raise ValueError("give an image or a vector (with its exit_depth)")
-    if vector is not None:
-        if exit_depth is None:
-            raise ValueError("a vector needs the exit_depth it came from")
+        raise ValueError("give an image or a vector")
+    if vector is not None:  # in the gallery's space, as embed() returns it
         body = _drop_none({"vector": _vector_b64(vector), "exit_depth": exit_depth, "k": k,
                            "filter": filter, "metadata": leave_out})  # fmt: skip
         return Call("POST", "/v1/search", parse, json=body)
@@ -113,10 +111,8 @@ def search_batch(
     parse = lambda r: BatchSearchResult.parse(r.json())  # noqa: E731
     leave_out = None if metadata else False
     if (images is None) == (vectors is None):
-        raise ValueError("give images or vectors (with their exit_depth)")
-    if vectors is not None:
-        if exit_depth is None:
-            raise ValueError("vectors need the exit_depth they came from")
+        raise ValueError("give images or vectors")
+    if vectors is not None:  # in the gallery's space, as embed() returns them
         body = _drop_none(
             {
                 "vectors": [_vector_b64(v) for v in vectors],
@@ -148,8 +144,8 @@ def add(
     return Call("POST", "/v1/items", _json, data=data, files=_files("images", blobs), write=True)
 
 
-def get(item_id: str, exit_depth: int | None) -> Call:
-    params = _drop_none({"exit_depth": exit_depth, "encoding": "base64" if exit_depth else None})
+def get(item_id: str, vector: bool) -> Call:
+    params = {"vector": "true", "encoding": "base64"} if vector else {}
     return Call(
         "GET", f"/v1/items/{_quote(item_id)}", lambda r: Item.parse(r.json()), params=params
     )

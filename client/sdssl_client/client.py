@@ -128,8 +128,9 @@ class Client(_Base):
         filter: dict | None = None,
         metadata: bool = True,
     ) -> SearchResult:
-        """The k nearest items to an image (or to a vector, with the exit_depth it came from),
-        among those whose metadata matches ``filter``; ``metadata=False`` leaves the hits'
+        """The k nearest items to an image embedded at ``exit_depth`` (or within ``budget_ms``)
+        — or to a vector in the gallery's space, as :meth:`embed` returns it — among those
+        whose metadata matches ``filter``; ``metadata=False`` leaves the hits'
         metadata out (a smaller answer)."""
         call = calls.search(image, vector, exit_depth, budget_ms, k, filter, metadata)
         return self._send(call)
@@ -184,9 +185,10 @@ class Client(_Base):
                 bar.close()
         return {"added": added}
 
-    def get(self, item_id: str, *, exit_depth: int | None = None) -> Item:
-        """One item (with its stored embedding at ``exit_depth`` when given); NotFound if none."""
-        return self._send(calls.get(item_id, exit_depth))
+    def get(self, item_id: str, *, vector: bool = False) -> Item:
+        """One item (with its stored embedding, in the gallery's space, when ``vector``);
+        NotFound if none."""
+        return self._send(calls.get(item_id, vector))
 
     def delete(self, item_id: str) -> bool:
         """Delete an item; False if there was none."""
@@ -364,8 +366,8 @@ class AsyncClient(_Base):
                 bar.close()
         return {"added": added}
 
-    async def get(self, item_id: str, *, exit_depth: int | None = None) -> Item:
-        return await self._send(calls.get(item_id, exit_depth))
+    async def get(self, item_id: str, *, vector: bool = False) -> Item:
+        return await self._send(calls.get(item_id, vector))
 
     async def delete(self, item_id: str) -> bool:
         try:

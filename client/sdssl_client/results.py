@@ -20,15 +20,17 @@ def decode_rows(rows: list, encoding: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Embeddings:
-    vectors: np.ndarray  # float32 [N, D], L2-normalised
-    exit_depth: int
+    vectors: np.ndarray  # float32 [N, D], L2-normalised, in the gallery depth's space
+    exit_depth: int  # the depth the images ran to
     model: str
     timing: dict[str, Any] = field(default_factory=dict)
+    gallery_depth: int | None = None  # whose space the vectors are in (search takes them)
 
     @classmethod
     def parse(cls, body: dict) -> Embeddings:
         vectors = decode_rows(body["embeddings"], body.get("encoding", "json"))
-        return cls(vectors, body["exit_depth"], body["model"], body.get("timing", {}))
+        return cls(vectors, body["exit_depth"], body["model"], body.get("timing", {}),
+                   body.get("gallery_depth"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,10 @@ class Hit:
 @dataclass(frozen=True)
 class SearchResult:
     hits: list[Hit]
-    exit_depth: int
+    exit_depth: int  # the query's depth
     model: str
     timing: dict[str, Any] = field(default_factory=dict)
+    gallery_depth: int | None = None  # the items' depth: the space the search ran in
 
     @classmethod
     def parse(cls, body: dict) -> SearchResult:
@@ -52,6 +55,7 @@ class SearchResult:
             body["exit_depth"],
             body["model"],
             body.get("timing", {}),
+            body.get("gallery_depth"),
         )
 
 
@@ -61,11 +65,13 @@ class BatchSearchResult:
     exit_depth: int
     model: str
     timing: dict[str, Any] = field(default_factory=dict)
+    gallery_depth: int | None = None
 
     @classmethod
     def parse(cls, body: dict) -> BatchSearchResult:
         results = [[Hit(**h) for h in hits] for hits in body["results"]]
-        return cls(results, body["exit_depth"], body["model"], body.get("timing", {}))
+        return cls(results, body["exit_depth"], body["model"], body.get("timing", {}),
+                   body.get("gallery_depth"))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,8 +79,8 @@ class Item:
     id: str
     metadata: Any
     created_at: float
-    exit_depth: int | None = None
-    vector: np.ndarray | None = None  # the stored embedding at exit_depth, when asked for
+    exit_depth: int | None = None  # the gallery depth, whose space ``vector`` is in
+    vector: np.ndarray | None = None  # the stored embedding, when asked for
 
     @classmethod
     def parse(cls, body: dict) -> Item:

@@ -64,11 +64,11 @@ function hitTile(hit) {
 // ---- the accuracy-vs-latency curve -----------------------------------------------------------
 function drawCurve() {
   const svg = $("curve");
-  const rows = state.curve.filter((r) => r.knn_top1 !== null);
+  const rows = state.curve.filter((r) => r.acc !== null);
   if (!rows.length) { svg.innerHTML = '<text x="20" y="110">no accuracy table in this bundle</text>'; return; }
   const W = 360, H = 220, L = 44, R = 12, T = 12, B = 34;
   const xmax = Math.max(...rows.map((r) => r.predicted_ms_batch1)) * 1.1 || 1;
-  const ys = rows.map((r) => r.knn_top1);
+  const ys = rows.map((r) => r.acc);
   const ymin = Math.min(...ys) - 0.02, ymax = Math.max(...ys) + 0.02;
   const x = (v) => L + (W - L - R) * v / xmax;
   const y = (v) => T + (H - T - B) * (1 - (v - ymin) / (ymax - ymin || 1));
@@ -85,14 +85,14 @@ function drawCurve() {
     const b = Number($("budget").value);
     if (b <= xmax) parts.push(`<line x1="${x(b)}" y1="${T}" x2="${x(b)}" y2="${H - B}" stroke="#2764c5" stroke-dasharray="4 3"/>`);
   }
-  parts.push(`<polyline fill="none" stroke="#2764c5" stroke-width="1.5" points="${rows.map((r) => `${x(r.predicted_ms_batch1)},${y(r.knn_top1)}`).join(" ")}"/>`);
+  parts.push(`<polyline fill="none" stroke="#2764c5" stroke-width="1.5" points="${rows.map((r) => `${x(r.predicted_ms_batch1)},${y(r.acc)}`).join(" ")}"/>`);
   for (const r of rows) {
-    parts.push(`<circle cx="${x(r.predicted_ms_batch1)}" cy="${y(r.knn_top1)}" r="3" fill="#2764c5"><title>depth ${r.exit_depth}: ${r.knn_top1.toFixed(3)} at ${r.predicted_ms_batch1.toFixed(2)} ms</title></circle>`);
+    parts.push(`<circle cx="${x(r.predicted_ms_batch1)}" cy="${y(r.acc)}" r="3" fill="#2764c5"><title>depth ${r.exit_depth}: ${r.acc.toFixed(3)} at ${r.predicted_ms_batch1.toFixed(2)} ms</title></circle>`);
   }
   const cur = rows.find((r) => r.exit_depth === state.served);
   if (cur) {
-    parts.push(`<circle id="curve-mark" cx="${x(cur.predicted_ms_batch1)}" cy="${y(cur.knn_top1)}" r="8" fill="none" stroke="#b3261e" stroke-width="2.5"/>`);
-    parts.push(`<text x="${x(cur.predicted_ms_batch1)}" y="${y(cur.knn_top1) - 12}" text-anchor="middle" font-size="11" fill="#b3261e">depth ${cur.exit_depth}</text>`);
+    parts.push(`<circle id="curve-mark" cx="${x(cur.predicted_ms_batch1)}" cy="${y(cur.acc)}" r="8" fill="none" stroke="#b3261e" stroke-width="2.5"/>`);
+    parts.push(`<text x="${x(cur.predicted_ms_batch1)}" y="${y(cur.acc) - 12}" text-anchor="middle" font-size="11" fill="#b3261e">depth ${cur.exit_depth}</text>`);
   }
   svg.innerHTML = parts.join("");
 }
@@ -137,7 +137,7 @@ async function compare(seq) {
       col.className = "col";
       const row = state.curve.find((r) => r.exit_depth === depths[i]);
       const h = document.createElement("h3");
-      h.textContent = `depth ${depths[i]}` + (row && row.knn_top1 !== null ? ` · k-NN ${row.knn_top1.toFixed(3)} · ${row.predicted_ms_batch1.toFixed(2)} ms` : "");
+      h.textContent = `depth ${depths[i]}` + (row && row.acc !== null ? ` · k-NN ${row.acc.toFixed(3)} · ${row.predicted_ms_batch1.toFixed(2)} ms` : "");
       const grid = document.createElement("div");
       grid.className = "grid";
       grid.replaceChildren(...body.results.map(hitTile));
@@ -159,7 +159,9 @@ function setQuery(blob) {
 async function loadModel() {
   const model = await (await api("v1/model")).json();
   state.depth = model.manifest.model.depth;
-  state.curve = model.curve;
+  // accuracy of each depth's queries against this gallery (bridged into the gallery depth's
+  // space); bundles report it as knn_bridged, older tables only the same-depth knn_top1
+  state.curve = model.curve.map((r) => ({ ...r, acc: r.knn_bridged ?? r.knn_top1 }));
   $("depth-pick").max = state.depth;
   $("depth-pick").value = state.depth;
   $("depth-pick-value").textContent = state.depth;

@@ -1,8 +1,9 @@
-"""A bundle's items and nearest-neighbour indexes: SQLite is the truth, FAISS is derived.
+"""A bundle's gallery: items and their nearest-neighbour index; SQLite is the truth, FAISS is
+derived. One vector per item, at the bundle's gallery depth.
 
 - :mod:`.item_index` — ``ItemIndex``, the facade everything writes through
 - :mod:`.store` — SQLite: items, metadata, embeddings, change log
-- :mod:`.vectors` — FAISS: one index per exit depth, snapshots
+- :mod:`.vectors` — FAISS: the gallery's index, snapshots
 - :mod:`.lock` — one writer per bundle folder
 - :mod:`.storage` — durable writes and the folder's health
 """

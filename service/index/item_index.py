@@ -1,5 +1,7 @@
-"""``ItemIndex``: a bundle's items and nearest-neighbour indexes, the one facade the service,
-``service.reindex`` and the benchmarks write through.
+"""``ItemIndex``: a bundle's items and their nearest-neighbour index, the one facade the service,
+``service.reindex`` and the benchmarks write through. One gallery: each item is embedded once,
+at the bundle's gallery depth, and a query of any exit depth — bridged into that space by the
+bundle's graphs — searches it.
 
 SQLite (:mod:`.store`) is the truth; FAISS (:mod:`.vectors`) is derived, loaded from its last
 snapshot and brought up to date by replaying the change log, then checked against SQLite and
@@ -24,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from export.manifest import Manifest
+from service.engine import gallery_depth
 from service.errors import APIError
 from service.index.filters import Filter, compile_filter
 from service.index.lock import WriterLock, WriterLockHeld
 from service.index.storage import Storage, StorageError, from_os_error, fsync_rename
 from service.index.store import DATABASE, ItemStore, Reader
-from service.index.vectors import VectorIndexes
+from service.index.vectors import GalleryVectors
 from service.jsonio import dumps_canonical, loads_stored
 from service.settings import Settings
 
@@ -45,7 +48,7 @@ def open_index(
     return ItemIndex(
         settings.data_dir / bundle_id,
         bundle_id,
-        list(range(1, manifest.model.depth + 1)),
+        gallery_depth(manifest),  # a format-1 bundle (no bridges): BundleIntegrityError
         manifest.model.dim,
         settings.index_factory,
         settings.snapshot_every,
@@ -74,7 +77,7 @@ class ItemIndex:
         self,
         root: Path,
         bundle_id: str,
-        exit_depths: list[int],
+        gallery_depth: int,
         dim: int,
         factory: str = "Flat",
         snapshot_every: int = 1000,
@@ -85,19 +88,18 @@ class ItemIndex:
     ) -> None:
         self.root, self.bundle_id = root, bundle_id
         self.max_filter_work, self.filter_timeout_s = max_filter_work, filter_timeout_s
-        self.exit_depths, self.dim = list(exit_depths), dim
-        self.depth = max(exit_depths)  # rows stored per item: every depth 1..L
+        self.gallery_depth, self.dim = gallery_depth, dim
         self.snapshot_every = snapshot_every
         self._lock = threading.RLock()
         self._changes = 0
         root.mkdir(parents=True, exist_ok=True)
         self._writer = WriterLock(root).acquire()
         try:
-            owner = {"bundle_id": bundle_id, "dim": str(dim), "depth": str(self.depth)}
-            self.store = ItemStore(root, owner, self.depth, dim)
+            owner = {"bundle_id": bundle_id, "dim": str(dim), "gallery_depth": str(gallery_depth)}
+            self.store = ItemStore(root, owner, dim)
             self.reader = Reader(self.store.path)
             self.storage = Storage(root, self.store.path, min_free_bytes)
-            self.vectors = VectorIndexes(root, self.exit_depths, dim, factory, use_gpu)
+            self.vectors = GalleryVectors(root, dim, factory, use_gpu)
             if self.store.count() >= self.vectors.min_train:
                 self.vectors.active = factory
             started = time.perf_counter()
@@ -157,19 +159,16 @@ class ItemIndex:
         self.vectors.rebuild(sample, self.store.iter_vectors())
 
     def _disagreement(self) -> str | None:
-        """Why FAISS and SQLite disagree (ids per depth, a sample of vectors), or None."""
+        """Why FAISS and SQLite disagree (ids, a sample of vectors), or None."""
         truth = self.store.num_ids()
-        for d in self.exit_depths:
-            ids = self.vectors.ids(d)
-            extra = len(ids - truth)
-            if truth - ids or extra > self.vectors.stale:
-                return f"depth {d}: {len(truth - ids)} items missing, {extra} unknown"
+        ids = self.vectors.ids()
+        extra = len(ids - truth)
+        if truth - ids or extra > self.vectors.stale:
+            return f"{len(truth - ids)} items missing, {extra} unknown"
         for num_id in random.Random(0).sample(sorted(truth), min(CHECKED_VECTORS, len(truth))):
-            stored = self.store.vector(num_id)
-            for d in (self.exit_depths[0], self.exit_depths[-1]):
-                got = self.vectors.reconstruct(d, num_id)
-                if got is not None and not np.allclose(got, stored[d - 1], atol=1e-5):
-                    return f"depth {d}: the vector of item #{num_id} differs"
+            got = self.vectors.reconstruct(num_id)
+            if got is not None and not np.allclose(got, self.store.vector(num_id), atol=1e-5):
+                return f"the vector of item #{num_id} differs"
         return None
 
     # ---- storage -------------------------------------------------------------------------------
@@ -244,10 +243,11 @@ class ItemIndex:
         vectors: np.ndarray,
         inputs: list[bytes | None] | None = None,
     ) -> list[bool]:
-        """Add or replace items (``vectors [N, L, D]``, optionally each one's kept input PNG);
-        durable when this returns. Returns, per item, whether it replaced an existing one."""
-        if vectors.shape != (len(ids), self.depth, self.dim):
-            raise ValueError(f"vectors shape {vectors.shape} != {(len(ids), self.depth, self.dim)}")
+        """Add or replace items (``vectors [N, D]`` in the gallery's space, optionally each one's
+        kept input PNG); durable when this returns. Returns, per item, whether it replaced an
+        existing one."""
+        if vectors.shape != (len(ids), self.dim):
+            raise ValueError(f"vectors shape {vectors.shape} != {(len(ids), self.dim)}")
         texts = [dumps_canonical(m) for m in metadata]
         with self._lock:
             change = self._write(
@@ -395,30 +395,29 @@ class ItemIndex:
         with self._lock:
             return self.store.ids()
 
-    def vector(self, item_id: str, exit_depth: int) -> np.ndarray | None:
-        """An item's stored embedding at one exit depth."""
+    def vector(self, item_id: str) -> np.ndarray | None:
+        """An item's stored embedding (gallery space), or None."""
         with self._lock:
-            vectors = self.store.vector_of(item_id)
-        return None if vectors is None else vectors[exit_depth - 1]
+            return self.store.vector_of(item_id)
 
-    def index_sizes(self) -> dict[int, int]:
-        """Vectors per exit depth's FAISS index (equals count() unless some are stale)."""
+    def indexed(self) -> int:
+        """Vectors in the FAISS index (equals size() unless some are stale)."""
         with self._lock:
-            return self.vectors.sizes()
+            return self.vectors.size()
 
     def search(
         self,
-        exit_depth: int,
         queries: np.ndarray,
         k: int,
         filter: Any = None,
         metadata: bool = True,
         max_bytes: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-k items by cosine for each query row at one exit depth, among those a metadata
-        filter selects when given. The filter's scan and the hits' rows are read without the
-        lock (FAISS alone needs it). 422 when the hits' ids and metadata (if asked for) would
-        weigh more than ``max_bytes`` — checked before any metadata is read."""
+        """Top-k items by cosine for each query row (gallery space: a bridged embedding of any
+        exit depth), among those a metadata filter selects when given. The filter's scan and
+        the hits' rows are read without the lock (FAISS alone needs it). 422 when the hits'
+        ids and metadata (if asked for) would weigh more than ``max_bytes`` — checked before
+        any metadata is read."""
         allowed = None
         if filter is not None:
             compiled = self.compile(filter)
@@ -427,9 +426,9 @@ class ItemIndex:
             if not len(allowed):
                 return [[] for _ in range(len(queries))]
         with self._lock:
-            if self.vectors.sizes()[exit_depth] == 0:
+            if self.vectors.size() == 0:
                 return [[] for _ in range(len(queries))]
-            scores, nums = self.vectors.search(exit_depth, queries, k, allowed)
+            scores, nums = self.vectors.search(queries, k, allowed)
         found = self._reader().sizes(sorted({int(n) for n in nums.ravel() if n >= 0}))
         picked = []
         for row_scores, row_nums in zip(scores, nums, strict=True):
@@ -453,14 +452,12 @@ class ItemIndex:
         return [[Hit(found[n][0], s, texts[n]) for n, s in row if n in texts] for row in picked]
 
     def consistency(self) -> dict[str, Any]:
-        """Ids in SQLite vs ids in each FAISS index (for tests and the crash suite)."""
+        """Ids in SQLite vs ids in the FAISS index (for tests and the crash suite)."""
         with self._lock:
             ids = self.store.num_ids()
-            per_depth = {}
-            for d in self.exit_depths:
-                stored = self.vectors.ids(d)
-                per_depth[d] = stored == ids or (self.vectors.stale > 0 and ids <= stored)
-        return {"items": len(ids), "consistent": all(per_depth.values()), "per_depth": per_depth}
+            stored = self.vectors.ids()
+            same = stored == ids or (self.vectors.stale > 0 and ids <= stored)
+        return {"items": len(ids), "consistent": same}
 
     # ---- persistence ---------------------------------------------------------------------------
     def _after_change(self, n: int) -> None:
@@ -479,7 +476,7 @@ class ItemIndex:
                         self.root.name[:12], exc)  # fmt: skip
 
     def snapshot(self) -> None:
-        """Persist every index atomically, tagged with the change-log position it contains."""
+        """Persist the index atomically, tagged with the change-log position it contains."""
         with self._lock:
             v = self.vectors
             if v.active != v.factory and self.store.count() >= v.min_train:

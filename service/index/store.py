@@ -1,6 +1,7 @@
-"""SQLite, the durable truth of a bundle's items: ids, metadata, embeddings at every exit depth,
-each item's kept input (a canonical PNG a later bundle re-embeds from, when kept), and a change
-log that the FAISS snapshots are tagged against.
+"""SQLite, the durable truth of a bundle's items: ids, metadata, one embedding each (in the
+gallery depth's space: queries of every depth are bridged into it), each item's kept input (a
+canonical PNG a later bundle re-embeds from, when kept), and a change log that the FAISS
+snapshots are tagged against.
 
 WAL journal, ``synchronous=FULL``; every mutation is one ``BEGIN IMMEDIATE`` transaction,
 committed before a request is acknowledged. Numeric ids (FAISS's ids) are never reused, so a
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS log (
 );
 """
 DATABASE = "items.sqlite"
-SCHEMA_VERSION = 1  # a snapshot's manifest names it; restore takes only this one
+SCHEMA_VERSION = 2  # a snapshot's manifest names it; restore takes only this one
+# 2: one vector per item (the gallery depth's); 1 held one per exit depth
 SQL_PARAMS = 900  # SQLite's bound-parameter limit is 999 on older builds
 
 
@@ -73,7 +75,8 @@ def foreign_database_problem(db: sqlite3.Connection, bundle_id: str) -> str | No
     if meta.get("bundle_id") != bundle_id:
         return "its owner record names another bundle"
     try:
-        row_bytes = 4 * int(meta["depth"]) * int(meta["dim"])
+        row_bytes = 4 * int(meta["dim"])
+        int(meta["gallery_depth"])
     except (KeyError, ValueError, TypeError):
         return "its owner record has no model shape"
     checks = {
@@ -131,9 +134,9 @@ def connect(path: Path) -> sqlite3.Connection:
 class ItemStore:
     """Not thread-safe on its own: :class:`~service.index.ItemIndex` serialises calls."""
 
-    def __init__(self, folder: Path, owner: dict[str, str], depth: int, dim: int) -> None:
+    def __init__(self, folder: Path, owner: dict[str, str], dim: int) -> None:
         self.path = folder / DATABASE
-        self.depth, self.dim = depth, dim
+        self.dim = dim
         self.db = connect(self.path)
         self.db.executescript(SCHEMA)
         self._check_owner(owner)
@@ -150,8 +153,12 @@ class ItemStore:
                 f"this index folder belongs to bundle {rows.get('bundle_id', '?')[:12]}, not "
                 f"{expected['bundle_id'][:12]}: re-index it for this bundle"
             )
-        if any(rows.get(k) != expected[k] for k in ("dim", "depth")):
-            raise IndexMismatch("this index folder holds another model shape")
+        if any(rows.get(k) != expected[k] for k in ("dim", "gallery_depth")):
+            raise IndexMismatch(
+                "this index folder holds another model shape, or items stored by an older "
+                "server (one vector per exit depth): re-index them into it (python -m "
+                "service.reindex), or move it aside"
+            )
 
     # ---- writes --------------------------------------------------------------------------------
     def upsert(
@@ -220,7 +227,7 @@ class ItemStore:
 
     # ---- reads ---------------------------------------------------------------------------------
     def decode(self, blob: bytes) -> np.ndarray:
-        return np.frombuffer(blob, dtype=np.float32).reshape(self.depth, self.dim)
+        return np.frombuffer(blob, dtype=np.float32).reshape(self.dim)
 
     def get(self, item_id: str) -> tuple[str, str | None, float] | None:
         return self.db.execute(
@@ -231,7 +238,7 @@ class ItemStore:
         return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def vector_of(self, item_id: str) -> np.ndarray | None:
-        """``[L, D]``: an item's stored embeddings at every depth."""
+        """``[D]``: an item's stored embedding."""
         row = self.db.execute(
             "SELECT data FROM vectors JOIN items USING (num_id) WHERE id = ?", (item_id,)
         ).fetchone()
@@ -296,14 +303,14 @@ class ItemStore:
         return None if row is None else self.decode(row[0])
 
     def iter_vectors(self, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(num_ids [n], vectors [n, L, D])`` chunks of every stored item."""
+        """``(num_ids [n], vectors [n, D])`` chunks of every stored item."""
         cur = self.db.execute("SELECT num_id, data FROM vectors ORDER BY num_id")
         while rows := cur.fetchmany(chunk):
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             yield ids, np.stack([self.decode(r[1]) for r in rows])
 
     def sample_vectors(self, n: int) -> np.ndarray:
-        """``[n', L, D]``: up to ``n`` random stored items (FAISS training data)."""
+        """``[n', D]``: up to ``n`` random stored items (FAISS training data)."""
         rows = self.db.execute(
             "SELECT data FROM vectors ORDER BY RANDOM() LIMIT ?", (n,)
         ).fetchall()

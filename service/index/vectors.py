@@ -1,14 +1,15 @@
-"""FAISS, the derived part of a bundle's index: one index per exit depth (inner product on
-L2-normalised vectors = cosine), ``IDMap2`` over the factory so FAISS ids are SQLite's num_ids.
+"""FAISS, the derived part of a bundle's gallery: one index of the gallery-depth vectors (inner
+product on L2-normalised vectors = cosine), ``IDMap2`` over the factory so FAISS ids are SQLite's
+num_ids. Queries of every exit depth search it, bridged into its space by the bundle's graphs.
 
-Snapshots are files ``index_dNN.s<seq>.faiss`` plus ``snapshot.json`` naming the change-log
-position they contain. Factories that need training (IVF…) serve from an exact index until there
+Snapshots are a file ``index.s<seq>.faiss`` plus ``snapshot.json`` naming the change-log
+position it contains. Factories that need training (IVF…) serve from an exact index until there
 are enough items to train them.
 
-On a GPU (when FAISS has one and the setting asks for it) each depth's CPU index — always the
-persisted truth — gets a GPU copy for search, if FAISS can put that index type on a GPU (Flat and
-IVF can, HNSW cannot: it stays on the CPU, logged once). Adds go to both copies; a delete the GPU
-copy cannot apply is filtered at search time like HNSW's, and the copy is refreshed at the next
+On a GPU (when FAISS has one and the setting asks for it) the CPU index — always the persisted
+truth — gets a GPU copy for search, if FAISS can put that index type on a GPU (Flat and IVF can,
+HNSW cannot: it stays on the CPU, logged once). Adds go to both copies; a delete the GPU copy
+cannot apply is filtered at search time like HNSW's, and the copy is refreshed at the next
 snapshot — writes never re-copy a whole index.
 """
 
@@ -46,21 +47,19 @@ def training_points(dim: int, factory: str) -> int:
         return 10_000
 
 
-class VectorIndexes:
+class GalleryVectors:
     """Not thread-safe on its own: :class:`~service.index.ItemIndex` serialises calls."""
 
-    def __init__(
-        self, folder: Path, exit_depths: list[int], dim: int, factory: str, use_gpu: bool
-    ) -> None:
-        self.folder, self.exit_depths, self.dim = folder, list(exit_depths), dim
+    def __init__(self, folder: Path, dim: int, factory: str, use_gpu: bool) -> None:
+        self.folder, self.dim = folder, dim
         self.factory = factory
         self.min_train = training_points(dim, factory)
         self.active = "Flat"  # set by the owner once it knows the item count
-        self.stale = 0  # vectors left in indexes that cannot remove (e.g. HNSW)
-        self.indexes: dict[int, Any] = {}
+        self.stale = 0  # vectors left in an index that cannot remove (e.g. HNSW)
+        self.index: Any = self._new_index()
         self._gpu = self._gpu_resources() if use_gpu else None
-        self._gpu_indexes: dict[int, Any] = {}
-        self._gpu_stale = 0  # deletes the GPU copies still hold
+        self._gpu_index: Any = None
+        self._gpu_stale = 0  # deletes the GPU copy still holds
         self._gpu_refused: set[str] = set()  # index types FAISS cannot put on a GPU
         if use_gpu and not gpu_capable(dim, factory):
             log.info("FAISS has no GPU version of %s: it searches on the CPU", factory)
@@ -69,13 +68,13 @@ class VectorIndexes:
     @staticmethod
     def _gpu_resources() -> Any:
         if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
-            log.info("FAISS sees no GPU: indexes search on the CPU")
+            log.info("FAISS sees no GPU: the gallery searches on the CPU")
             return None
         return faiss.StandardGpuResources()
 
     @property
     def device(self) -> str:
-        """Where searches run: ``gpu`` when the active index type has GPU copies."""
+        """Where searches run: ``gpu`` when the active index type has a GPU copy."""
         return "gpu" if self._gpu is not None and self.active not in self._gpu_refused else "cpu"
 
     @property
@@ -83,8 +82,8 @@ class VectorIndexes:
         """Results a search must over-fetch: deleted vectors some copy still holds."""
         return self.stale + (self._gpu_stale if self.device == "gpu" else 0)
 
-    def _drop_gpu_copies(self) -> None:
-        self._gpu_indexes.clear()
+    def _drop_gpu_copy(self) -> None:
+        self._gpu_index = None
         self._gpu_stale = 0
 
     def _new_index(self) -> Any:
@@ -94,65 +93,59 @@ class VectorIndexes:
     def rebuild(
         self, sample: np.ndarray | None, chunks: Iterable[tuple[np.ndarray, np.ndarray]]
     ) -> None:
-        """Fresh indexes of the active factory, trained on ``sample [n, L, D]`` if they need
-        it, filled from ``(num_ids, vectors [n, L, D])`` chunks."""
-        self.indexes = {d: self._new_index() for d in self.exit_depths}
+        """A fresh index of the active factory, trained on ``sample [n, D]`` if it needs it,
+        filled from ``(num_ids, vectors [n, D])`` chunks."""
+        self.index = self._new_index()
         self.stale = 0
-        if not next(iter(self.indexes.values())).is_trained and sample is not None:
-            for d, index in self.indexes.items():
-                index.train(np.ascontiguousarray(sample[:, d - 1, :]))
-        self._drop_gpu_copies()
+        if not self.index.is_trained and sample is not None:
+            self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        self._drop_gpu_copy()
         for ids, vecs in chunks:
             self.add(ids, vecs)
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        """``vecs [N, L, D]``: row d-1 goes to depth d's index (and to its GPU copy)."""
-        for d, index in self.indexes.items():
-            x = np.ascontiguousarray(vecs[:, d - 1, :], dtype=np.float32)
-            index.add_with_ids(x, ids)
-            if d in self._gpu_indexes:
-                self._gpu_indexes[d].add_with_ids(x, ids)
+        """``vecs [N, D]`` under FAISS ids ``ids`` (and into the GPU copy)."""
+        x = np.ascontiguousarray(vecs, dtype=np.float32)
+        self.index.add_with_ids(x, ids)
+        if self._gpu_index is not None:
+            self._gpu_index.add_with_ids(x, ids)
 
     def remove(self, ids: np.ndarray) -> None:
-        stale = gpu_stale = False
-        for d, index in self.indexes.items():
+        try:
+            self.index.remove_ids(ids)
+        except RuntimeError:  # e.g. HNSW: left in place, filtered out at search time
+            self.stale += len(ids)
+        if self._gpu_index is not None:
             try:
-                index.remove_ids(ids)
-            except RuntimeError:  # e.g. HNSW: left in place, filtered out at search time
-                stale = True
-            if d in self._gpu_indexes:
-                try:
-                    self._gpu_indexes[d].remove_ids(ids)
-                except RuntimeError:  # GPU flat indexes cannot remove: filtered likewise
-                    gpu_stale = True
-        self.stale += len(ids) if stale else 0
-        self._gpu_stale += len(ids) if gpu_stale else 0
+                self._gpu_index.remove_ids(ids)
+            except RuntimeError:  # GPU flat indexes cannot remove: filtered likewise
+                self._gpu_stale += len(ids)
 
     # ---- reading ---------------------------------------------------------------------------
-    def sizes(self) -> dict[int, int]:
-        return {d: int(index.ntotal) for d, index in self.indexes.items()}
+    def size(self) -> int:
+        return int(self.index.ntotal)
 
-    def ids(self, exit_depth: int) -> set[int]:
-        inner = faiss.downcast_index(self.indexes[exit_depth])
+    def ids(self) -> set[int]:
+        inner = faiss.downcast_index(self.index)
         return set(faiss.vector_to_array(inner.id_map).tolist())
 
-    def reconstruct(self, exit_depth: int, num_id: int) -> np.ndarray | None:
-        """The stored vector of ``num_id`` at one depth, if this index type can give it back."""
+    def reconstruct(self, num_id: int) -> np.ndarray | None:
+        """The stored vector of ``num_id``, if this index type can give it back."""
         try:
-            return self.indexes[exit_depth].reconstruct(num_id)
+            return self.index.reconstruct(num_id)
         except RuntimeError:
             return None
 
     def search(
-        self, exit_depth: int, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, num_ids)`` of the best ``k`` plus :attr:`extra_fetch` per query row (-1
         where fewer exist); only among ``allowed`` num_ids when given (searched on the CPU
         index: exact for Flat, approximate within the filter for HNSW and IVF)."""
-        index = self._search_index(exit_depth) if allowed is None else self.indexes[exit_depth]
+        index = self._search_index() if allowed is None else self.index
         fetch = max(1, min(int(index.ntotal), k + self.extra_fetch))
         x = np.ascontiguousarray(queries, dtype=np.float32)
-        inner = faiss.downcast_index(self.indexes[exit_depth].index)
+        inner = faiss.downcast_index(self.index.index)
         if hasattr(inner, "hnsw"):  # HNSW returns fewer than k results when efSearch < k
             inner.hnsw.efSearch = max(inner.hnsw.efSearch, fetch)
         if allowed is None:
@@ -166,27 +159,27 @@ class VectorIndexes:
             params = faiss.SearchParameters(sel=selector)
         return index.search(x, fetch, params=params)
 
-    def _search_index(self, d: int) -> Any:
+    def _search_index(self) -> Any:
         if self.device != "gpu":
-            return self.indexes[d]
-        if d not in self._gpu_indexes:  # copied once; writes then update the copy in place
+            return self.index
+        if self._gpu_index is None:  # copied once; writes then update the copy in place
             try:
-                self._gpu_indexes[d] = faiss.index_cpu_to_gpu(self._gpu, 0, self.indexes[d])
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu, 0, self.index)
             except RuntimeError as exc:  # e.g. HNSW: FAISS has no GPU version of it
                 log.warning("FAISS cannot put %s on a GPU (%s): it searches on the CPU",
                             self.active, str(exc).splitlines()[0][:120])  # fmt: skip
                 self._gpu_refused.add(self.active)
-                self._drop_gpu_copies()
-                return self.indexes[d]
-        return self._gpu_indexes[d]
+                self._drop_gpu_copy()
+                return self.index
+        return self._gpu_index
 
     def refresh_gpu_copies(self) -> None:
-        """Drop the GPU copies (and the deletes they held); the next searches copy again."""
-        self._drop_gpu_copies()
+        """Drop the GPU copy (and the deletes it held); the next search copies again."""
+        self._drop_gpu_copy()
 
     # ---- snapshots -------------------------------------------------------------------------
-    def _file(self, d: int, seq: int) -> Path:
-        return self.folder / f"index_d{d:02d}.s{seq}.faiss"
+    def _file(self, seq: int) -> Path:
+        return self.folder / f"index.s{seq}.faiss"
 
     def read_snapshot(self, bundle_id: str) -> int | None:
         """Load the snapshot if it fits this bundle and factory; the seq it contains, or None."""
@@ -198,20 +191,19 @@ class VectorIndexes:
             seq = int(info["seq"])
             if info.get("factory") != self.active or info.get("bundle_id") != bundle_id:
                 return None
-            indexes = {d: faiss.read_index(str(self._file(d, seq))) for d in self.exit_depths}
+            index = faiss.read_index(str(self._file(seq)))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.warning("ignoring an unusable FAISS snapshot: %s", exc)
             return None
-        self.indexes, self.stale = indexes, 0
-        self._drop_gpu_copies()
+        self.index, self.stale = index, 0
+        self._drop_gpu_copy()
         return seq
 
     def write_snapshot(self, bundle_id: str, seq: int) -> None:
-        """Persist every index atomically, tagged with the change-log position it contains."""
-        for d, index in self.indexes.items():
-            fsync_write(self._file(d, seq), faiss.serialize_index(index).tobytes())
+        """Persist the index atomically, tagged with the change-log position it contains."""
+        fsync_write(self._file(seq), faiss.serialize_index(self.index).tobytes())
         info = {"seq": seq, "bundle_id": bundle_id, "factory": self.active}
         fsync_write(self.folder / SNAPSHOT, json.dumps(info).encode())
-        for old in self.folder.glob("index_d*.s*.faiss"):
-            if not old.name.endswith(f".s{seq}.faiss"):
+        for old in self.folder.glob("index.s*.faiss"):
+            if old.name != self._file(seq).name:
                 old.unlink(missing_ok=True)

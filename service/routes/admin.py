@@ -113,6 +113,7 @@ async def reload(
             "model": new.bundle_id,
             "previous": old.bundle_id if old else None,
             "exit_depths": new.exit_depths,
+            "gallery_depth": new.gallery_depth,
             "items": await asyncio.to_thread(new.index.count),
         }
 

@@ -151,7 +151,8 @@ def timed_response(
     headers = {"X-Exit-Depth": str(served.exit_depth),
                "X-Elapsed-Ms": f"{timing['elapsed_ms']:.3f}"}  # fmt: skip
     if npy is not None:
-        headers |= {"X-Model": runtime.bundle_id, "X-Predicted-Ms": str(timing["predicted_ms"]),
+        headers |= {"X-Model": runtime.bundle_id, "X-Gallery-Depth": str(runtime.gallery_depth),
+                    "X-Predicted-Ms": str(timing["predicted_ms"]),
                     "X-Budget-Met": str(timing["budget_met"]).lower()}  # fmt: skip
         return npy_response(npy, headers)
     content = {"model": runtime.bundle_id, "exit_depth": served.exit_depth, **body,

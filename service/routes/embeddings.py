@@ -22,7 +22,9 @@ ROUTE = "embeddings"
     summary="Embed images at an exit depth, or at the deepest that fits a latency budget",
     description='Send images as multipart files `images` or JSON `{"images": [base64, ...]}`. '
     "Give `exit_depth` **or** `budget_ms` (query or body field); neither means full depth. "
-    "The response and the headers `X-Exit-Depth` / `X-Elapsed-Ms` say what was done. "
+    "The response and the headers `X-Exit-Depth` / `X-Elapsed-Ms` say what was done. Rows "
+    "are in the space of the bundle's gallery depth (`gallery_depth`): the graph bridges its "
+    "exit's embedding there, so a row searches the gallery as `/v1/search`'s `vector`. "
     "`encoding=base64` (float32) or `base64-f16` makes the rows compact; "
     "`Accept: application/x-npy` answers one .npy file with the timing in headers.",
     openapi_extra=image_request_body("images", True, schema(EmbedParams)),
@@ -48,6 +50,7 @@ async def embeddings(
     )  # fmt: skip
     if wants_npy(request.headers.get("accept")):
         return timed_response(request, {}, served, runtime, metrics, ROUTE, npy=served.output)
-    body = {"dim": int(served.output.shape[1]), "encoding": params.encoding,
+    body = {"gallery_depth": runtime.gallery_depth, "dim": int(served.output.shape[1]),
+            "encoding": params.encoding,
             "embeddings": encode_rows(served.output, params.encoding)}  # fmt: skip
     return timed_response(request, body, served, runtime, metrics, ROUTE)

@@ -1,5 +1,6 @@
-"""Items: add (upsert) images under client ids, read and delete them. Adding embeds every exit
-depth in one pass of the all-exits graph and is durable once answered."""
+"""Items: add (upsert) images under client ids, read and delete them. Adding embeds each image
+once, at the bundle's gallery depth (the space every depth's bridged queries search), and is
+durable once answered."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from service.deps import (
     SettingsDep,
 )
 from service.encoding import encode_rows
+from service.engine import ALL_EXITS, gallery_graph, gallery_rows
 from service.errors import APIError
 from service.index.cursors import MAX_CURSOR
 from service.jsonio import dumps_canonical, loads_field, nesting_depth
@@ -117,8 +119,9 @@ def _metadata(raw: object, n: int, from_text: bool, settings: Settings) -> list[
     response_model=ItemsOut,
     responses=ERRORS,
     summary="Add or replace items (multipart: files `images`, one `ids` field per image)",
-    description="Each image is embedded at every exit depth in one pass and stored under its "
-    "id with optional JSON `metadata`. Same id replaces. Durable once answered.",
+    description="Each image is embedded once, at the bundle's gallery depth (queries of every "
+    "exit depth are bridged into that space), and stored under its id with optional JSON "
+    "`metadata`. Same id replaces. Durable once answered.",
     openapi_extra=image_request_body("images", True, OPTIONS),
 )
 async def add_items(
@@ -140,12 +143,15 @@ async def add_items(
     keep = settings.keep_inputs
     side = settings.keep_input_side if keep or rollout is not None else None
     images, pngs = await decoder.prepare_kept(payload.images, runtime.manifest.preprocess, side)
+    graph = gallery_graph(runtime.manifest)  # items are embedded once, at the gallery depth
     served = await run_batched(
-        runtime.scheduler.run(images, admission=admission, route=ROUTE, all_exits=True,
-                              arrival=request.scope["state"]["arrival"]),
+        runtime.scheduler.run(images, admission=admission, route=ROUTE,
+                              arrival=request.scope["state"]["arrival"],
+                              **({"all_exits": True} if graph is ALL_EXITS else
+                                 {"exit_depth": graph})),
         metrics,
     )  # fmt: skip
-    vectors = served.output.transpose(1, 0, 2)  # [L, N, D] -> [N, L, D]
+    vectors = gallery_rows(runtime.manifest, served.output)
     # During a rollout the new bundle embeds the same inputs, outside the write lock.
     mirror_vectors = await rollout.embed(pngs) if rollout and pngs and rollout.target else None
     async with mirrored(runtime) as mirror:
@@ -157,8 +163,7 @@ async def add_items(
                 mirror_vectors = await mirror.embed(pngs) if pngs else None
             await mirror.mirror_upsert(ids, metadata, mirror_vectors, pngs, keep)
     runtime.scheduler.answered(served, route=ROUTE)
-    for d, n in runtime.index.index_sizes().items():
-        metrics.items.labels(str(d)).set(n)
+    metrics.items.set(runtime.index.indexed())
     return {
         "model": runtime.bundle_id,
         "items": [{"id": i, "replaced": r} for i, r in zip(ids, replaced, strict=True)],
@@ -225,32 +230,34 @@ async def get_item_input(_: ReadDep, runtime: RuntimeDep, item_id: str = ItemId)
     "/v1/items/{item_id:path}",
     response_model=ItemOut,
     responses=ERRORS,
-    summary="One item (with its stored embedding at an exit depth, if asked)",
+    summary="One item (with its stored embedding, if asked)",
+    description="`vector=true` adds the stored embedding: the item's one vector, in the space "
+    "of the bundle's gallery depth (`exit_depth` in the answer), the space `/v1/embeddings` "
+    "answers in and `/v1/search` takes vectors in.",
 )
 async def get_item(
+    request: Request,
     _: ReadDep,
     runtime: RuntimeDep,
     item_id: str = ItemId,
-    exit_depth: Annotated[
-        int | None,
-        Query(ge=1, description="include the stored embedding at this depth", examples=[6]),
-    ] = None,
+    vector: Annotated[
+        bool, Query(description="include the stored embedding", examples=[True])
+    ] = False,
     encoding: Annotated[
         Literal["json", "base64", "base64-f16"], Query(examples=["base64"])
     ] = "json",
 ) -> dict:
+    if "exit_depth" in request.query_params:  # items hold one vector now: say so, not ignore it
+        raise APIError(422, "invalid_request", "an item holds one vector, in the gallery's space "
+                       f"(depth {runtime.gallery_depth}): ask for it with vector=true")  # fmt: skip
     item = await asyncio.to_thread(runtime.index.get, item_id)
     if item is None:
         raise APIError(404, "not_found", f"no item {item_id!r}")
-    if exit_depth is not None:
-        if exit_depth > runtime.manifest.model.depth:
-            raise APIError(
-                422, "unknown_exit_depth", f"exit_depth is 1..{runtime.manifest.model.depth}"
-            )
-        vector = await asyncio.to_thread(runtime.index.vector, item_id, exit_depth)
-        if vector is not None:
-            item |= {"exit_depth": exit_depth, "encoding": encoding,
-                     "vector": encode_rows(vector[None], encoding)[0]}  # fmt: skip
+    if vector:
+        stored = await asyncio.to_thread(runtime.index.vector, item_id)
+        if stored is not None:
+            item |= {"exit_depth": runtime.gallery_depth, "encoding": encoding,
+                     "vector": encode_rows(stored[None], encoding)[0]}  # fmt: skip
     return item
 
 
@@ -269,6 +276,5 @@ async def delete_item(
             await mirror.mirror_delete(item_id)
     if not deleted:
         raise APIError(404, "not_found", f"no item {item_id!r}")
-    for d, n in runtime.index.index_sizes().items():
-        metrics.items.labels(str(d)).set(n)
+    metrics.items.set(runtime.index.indexed())
     return {"id": item_id, "deleted": True}

@@ -67,8 +67,9 @@ class SearchParams(DepthOrBudget):
     )
     vector: Any = Field(
         None,
-        description="instead of an image: an embedding with the exit_depth it came from — a "
-        "JSON list of numbers, or base64 of little-endian float32 (or float16) values",
+        description="instead of an image: an embedding in the gallery's space (what "
+        "/v1/embeddings answers, or an item's stored vector) — a JSON list of numbers, or "
+        "base64 of little-endian float32 (or float16) values",
         json_schema_extra={"type": "array", "items": {"type": "number"}},
     )
 
@@ -104,7 +105,7 @@ class BatchSearchParams(DepthOrBudget):
     filter: Any = Field(None, description="as for /v1/search", json_schema_extra={"type": "object"})
     vectors: Any = Field(
         None,
-        description="instead of images: embeddings (JSON lists or base64 float32/float16) with "
-        "the exit_depth they came from",
+        description="instead of images: embeddings in the gallery's space (JSON lists or "
+        "base64 float32/float16)",
         json_schema_extra={"type": "array", "items": {}},
     )

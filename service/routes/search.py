@@ -1,4 +1,7 @@
-"""POST /v1/search: nearest items to an image (or a vector) at one exit depth."""
+"""POST /v1/search: nearest items to an image (or a vector). An image is embedded at the exit
+depth its budget allows and that embedding, bridged into the gallery depth's space by the
+graph itself, searches the one gallery every depth shares; a vector is taken as already in
+that space (what ``/v1/embeddings`` answers)."""
 
 from __future__ import annotations
 
@@ -64,8 +67,10 @@ def _vector(raw, dim: int) -> np.ndarray:
     responses=ERRORS,
     summary="Find the k nearest items to an image or a vector",
     description="One image (multipart `image` or JSON base64 `image`) embedded at `exit_depth` "
-    "or within `budget_ms`; or a `vector` with its `exit_depth`. Scores are cosine similarity; "
-    "`filter` restricts the candidates by metadata (exact under the filter for Flat indexes).",
+    "or within `budget_ms`, then searched against the gallery (items are embedded once, at "
+    "`gallery_depth`; the query is bridged into that space); or a `vector` in the gallery's "
+    "space (as `/v1/embeddings` answers). Scores are cosine similarity; `filter` restricts the "
+    "candidates by metadata (exact under the filter for Flat indexes).",
     openapi_extra=image_request_body("image", False, schema(SearchParams)),
 )
 async def search(
@@ -85,7 +90,8 @@ async def search(
     served, results = await _search(request, payload.images, vectors, params, admission,
                                     runtime, metrics, decoder, settings)  # fmt: skip
     route = ROUTE if served.ran is not None else f"{ROUTE}:vector"
-    return timed_response(request, {"results": results[0]}, served, runtime, metrics, route)
+    body = {"gallery_depth": runtime.gallery_depth, "results": results[0]}
+    return timed_response(request, body, served, runtime, metrics, route)
 
 
 @router.post(
@@ -95,7 +101,7 @@ async def search(
     summary="Many searches in one request: images or vectors, one budget for all",
     description="Images (multipart files `images` or JSON base64 `images`) embedded together at "
     "one exit depth chosen by `exit_depth` or `budget_ms` for the whole request; or `vectors` "
-    "(JSON lists or base64 strings) with their `exit_depth`. `results[i]` answers query i, the "
+    "in the gallery's space (JSON lists or base64 strings). `results[i]` answers query i, the "
     "same as `/v1/search` would; `k` and `filter` apply to every query.",
     openapi_extra=image_request_body("images", True, schema(BatchSearchParams)),
 )
@@ -122,7 +128,8 @@ async def search_batch(
     served, results = await _search(request, payload.images, vectors, params, admission,
                                     runtime, metrics, decoder, settings)  # fmt: skip
     route = f"{ROUTE}:batch" if served.ran is not None else f"{ROUTE}:vector"
-    return timed_response(request, {"results": results}, served, runtime, metrics, route)
+    body = {"gallery_depth": runtime.gallery_depth, "results": results}
+    return timed_response(request, body, served, runtime, metrics, route)
 
 
 async def _search(
@@ -136,8 +143,9 @@ async def _search(
     decoder: DecodePool,
     settings: Settings,
 ) -> tuple[Served, list[list[dict]]]:
-    """Embed the images (or take the vectors) and search each at one exit depth."""
-    check_depth(params.exit_depth, runtime)
+    """Embed the images (or take the vectors) and search the gallery with each."""
+    if vectors is None or params.exit_depth != runtime.gallery_depth:  # a vector may name it
+        check_depth(params.exit_depth, runtime)
     queries = len(vectors) if vectors is not None else len(images)
     if queries * params.k > settings.max_search_results:
         raise APIError(
@@ -150,13 +158,14 @@ async def _search(
     if vectors is not None:
         if images:
             raise APIError(422, "invalid_request", "send images or vectors, not both")
-        if params.exit_depth is None:
-            raise APIError(422, "invalid_request", "a vector needs the exit_depth it came from")
+        if params.budget_ms is not None:
+            raise APIError(422, "invalid_request", "budget_ms is for images: a vector runs no "
+                           "graph (it is searched as it is, in the gallery's space)")  # fmt: skip
         dim = runtime.manifest.model.dim
         query = np.concatenate([_vector(v, dim) for v in vectors])
         served = runtime.scheduler.without_compute(
             admission=admission, route=f"{ROUTE}:vector", arrival=arrival,
-            exit_depth=params.exit_depth,
+            exit_depth=params.exit_depth or runtime.gallery_depth,
         )  # fmt: skip
     else:
         prepared = await decoder.prepare(images, runtime.manifest.preprocess)
@@ -169,8 +178,8 @@ async def _search(
     spec = params.filter
     if isinstance(spec, str):  # multipart or query: JSON text
         spec = loads_field(spec, "filter", "invalid_filter")
-    run = functools.partial(runtime.index.search, served.exit_depth, query, params.k, spec,
-                            params.metadata, settings.max_reply_bytes)  # fmt: skip
+    run = functools.partial(runtime.index.search, query, params.k, spec, params.metadata,
+                            settings.max_reply_bytes)  # fmt: skip
     found = await (scan(run) if spec is not None else asyncio.to_thread(run))
     if not params.metadata:
         return served, [[{"id": h.id, "score": h.score} for h in hits] for hits in found]

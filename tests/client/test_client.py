@@ -65,19 +65,21 @@ def test_items_search_and_scroll(client, tmp_path) -> None:
     assert ids == [*(f"c-{i:03d}" for i in range(30)), "solo"]
     sevens = client.count(filter={"label": "7"})
     assert sevens == sum(v == "7" for v in label.values()) > 0
-    item = client.get("c-005", exit_depth=4)
+    item = client.get("c-005", vector=True)
     assert item.metadata["label"] == label[5] and item.vector.shape == (32,)
-    hits = client.search(vector=item.vector, exit_depth=4, k=3).hits
-    assert hits[0].id == "c-005" and hits[0].score > 0.999
+    assert item.exit_depth == 4 and client.get("c-005").vector is None  # the gallery depth
+    found = client.search(vector=item.vector, k=3)
+    assert found.hits[0].id == "c-005" and found.hits[0].score > 0.999
+    assert found.gallery_depth == 4
     by_image = client.search(digit_png(500), exit_depth=4, k=1, filter={"label": "x"})
     assert [h.id for h in by_image.hits] == ["solo"] and by_image.hits[0].metadata["n"] == 1
     bare = client.search(digit_png(500), exit_depth=4, k=1, filter={"label": "x"}, metadata=False)
     assert [h.id for h in bare.hits] == ["solo"] and bare.hits[0].metadata is None
-    bare = client.search_batch(vectors=[item.vector], exit_depth=4, k=2, metadata=False)
+    bare = client.search_batch(vectors=[item.vector], k=2, metadata=False)
     assert bare.results[0][0].id == "c-005" and bare.results[0][0].metadata is None
     batch = client.search_batch([digit_png(500), held_out_png(150)], exit_depth=4, k=1)
     assert [r[0].id for r in batch.results] == ["solo", "c-005"]
-    vectors = client.search_batch(vectors=[item.vector], exit_depth=4, k=1)
+    vectors = client.search_batch(vectors=[item.vector], k=1)
     assert vectors.results[0][0].id == "c-005"
     assert client.delete("solo") is True and client.delete("solo") is False
     assert [c["exit_depth"] for c in client.model()["curve"]] == [1, 2, 3, 4]

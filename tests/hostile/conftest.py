@@ -25,11 +25,12 @@ def fill(
     chunk: int = 5000,
 ) -> np.ndarray:
     """Write ``n`` items with random unit vectors into ``bundle``'s folder of ``data_dir``,
-    as the server would store them; returns their vectors ``[n, L, D]``."""
+    as the server would store them (one per item, in the gallery's space); returns them
+    ``[n, D]``."""
     manifest = load_verified(bundle)
-    depth, dim = manifest.model.depth, manifest.model.dim
+    dim = manifest.model.dim
     rng = np.random.default_rng(0)
-    vectors = rng.standard_normal((n, depth, dim)).astype(np.float32)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=-1, keepdims=True)
     index = open_index(Settings(bundle=bundle, data_dir=data_dir), manifest, bundle_id(bundle))
     try:

@@ -200,7 +200,7 @@ import sys, threading, time
 from pathlib import Path
 from service.index.store import ItemStore, Reader
 folder = Path(sys.argv[1])
-store = ItemStore(folder, {"bundle_id": "b" * 64}, 2, 4)
+store = ItemStore(folder, {"bundle_id": "b" * 64, "dim": "4", "gallery_depth": "2"}, 4)
 store.db.execute("INSERT INTO items (id, num_id, metadata, created_at) "
                  "VALUES ('a', 1, NULL, 0)")
 reader = Reader(store.path)

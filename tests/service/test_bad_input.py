@@ -96,8 +96,8 @@ def test_bad_search_requests(client) -> None:
             assert r.json()["error"]["code"] == code
     r = client.post("/v1/search", json={"vector": [0.0] * 32, "exit_depth": 2})
     assert r.status_code == 422 and "norm" in r.json()["error"]["message"]
-    r = client.post("/v1/search", json={"vector": [0.1] * 32})
-    assert r.status_code == 422 and "exit_depth" in r.json()["error"]["message"]
+    r = client.post("/v1/search", json={"vector": [0.1] * 32})  # gallery space: no depth needed
+    assert r.status_code == 200 and r.json()["gallery_depth"] == r.json()["exit_depth"] == 4
     assert client.get("/v1/items/nobody").status_code == 404
 
 

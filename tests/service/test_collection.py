@@ -50,14 +50,16 @@ def coll(tiny_bundle, tmp_path_factory):
     s.stop()
 
 
-def vectors_of(c, depth: int) -> dict[str, np.ndarray]:
+def vectors_of(c) -> dict[str, np.ndarray]:
+    """Every item's stored vector (the gallery depth's space) and metadata, read over HTTP."""
     out, cursor = {}, None
     while True:
         r = c.get("/v1/items", params={"limit": 25, **({"cursor": cursor} if cursor else {})},
                   headers=READER).json()  # fmt: skip
         for item in r["items"]:
-            got = c.get(f"/v1/items/{item['id']}", params={"exit_depth": depth},
+            got = c.get(f"/v1/items/{item['id']}", params={"vector": "true"},
                         headers=READER).json()  # fmt: skip
+            assert got["exit_depth"] == 4  # the gallery depth
             out[item["id"]] = (np.array(got["vector"]), item["metadata"])
         cursor = r["next_cursor"]
         if cursor is None:
@@ -124,7 +126,7 @@ def test_listing_counts_and_scrolls_every_item_once_under_adds(coll) -> None:
 )  # fmt: skip
 def test_filtered_search_equals_brute_force_over_the_filtered_set(coll, spec) -> None:
     with coll.client() as c:
-        stored = {k: v for k, v in vectors_of(c, 4).items() if k.startswith("item-")}
+        stored = {k: v for k, v in vectors_of(c).items() if k.startswith("item-")}
         listed = c.get("/v1/items", params={"filter": json.dumps(spec), "limit": 1000},
                        headers=READER).json()  # fmt: skip
         query = stored["item-005"][0]
@@ -153,6 +155,28 @@ def test_filtered_search_equals_brute_force_over_the_filtered_set(coll, spec) ->
     assert all(matches(h["metadata"]) for h in r.json()["results"])
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3, 4])
+def test_an_image_search_at_any_depth_equals_brute_force_in_the_gallery_space(coll, depth):
+    """One gallery, embedded at depth 4: an image searched at depth d finds what a brute-force
+    scan of the stored vectors finds for its bridged depth-d embedding (/v1/embeddings)."""
+    png = digit_png(777)
+    with coll.client() as c:
+        stored = vectors_of(c)
+        emb = c.post("/v1/embeddings", files=[("images", ("q.png", png, "image/png"))],
+                     data={"exit_depth": str(depth)}, headers=READER).json()  # fmt: skip
+        assert emb["exit_depth"] == depth and emb["gallery_depth"] == 4
+        r = c.post("/v1/search", files=[("image", ("q.png", png, "image/png"))],
+                   data={"exit_depth": str(depth), "k": "10"}, headers=READER)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["exit_depth"] == depth and r.json()["gallery_depth"] == 4
+    query = np.array(emb["embeddings"][0])
+    scores = {k: float(v @ query) for k, (v, _) in stored.items()}
+    brute = sorted(scores, key=lambda k: -scores[k])[:10]
+    hits = r.json()["results"]
+    assert [h["id"] for h in hits] == brute
+    assert np.allclose([h["score"] for h in hits], [scores[k] for k in brute], atol=1e-5)
+
+
 def test_vector_encodings_round_trip_exactly(coll) -> None:
     png = [("images", ("x.png", digit_png(2), "image/png"))]
     with coll.client() as c:
@@ -174,10 +198,10 @@ def test_vector_encodings_round_trip_exactly(coll) -> None:
         assert npy.headers["x-exit-depth"] == "3" and float(npy.headers["x-elapsed-ms"]) > 0
         assert np.array_equal(np.load(io.BytesIO(npy.content)), rows)
         # Stored vectors, and a base64 vector as a query: the same item comes first.
-        item = c.get("/v1/items/item-002", params={"exit_depth": 3, "encoding": "base64"},
+        item = c.get("/v1/items/item-002", params={"vector": "true", "encoding": "base64"},
                      headers=READER).json()  # fmt: skip
         stored = np.frombuffer(base64.b64decode(item["vector"]), "<f4")
-        as_list = c.get("/v1/items/item-002", params={"exit_depth": 3}, headers=READER).json()
+        as_list = c.get("/v1/items/item-002", params={"vector": "true"}, headers=READER).json()
         assert np.array_equal(stored, np.array(as_list["vector"], dtype=np.float32))
         r = c.post("/v1/search", json={"vector": item["vector"], "exit_depth": 3, "k": 1},
                    headers=READER)  # fmt: skip
@@ -200,7 +224,7 @@ def test_batch_search_equals_the_single_searches(coll) -> None:
         got = batch.json()["results"]
         assert [[h["id"] for h in r] for r in got] == [[h["id"] for h in r] for r in singles]
         assert batch.json()["timing"]["batch_size"] >= 3  # embedded together
-        vectors = [c.get(f"/v1/items/item-00{i}", params={"exit_depth": 4, "encoding": "base64"},
+        vectors = [c.get(f"/v1/items/item-00{i}", params={"vector": "true", "encoding": "base64"},
                          headers=READER).json()["vector"] for i in (1, 2)]  # fmt: skip
         by_vector = c.post("/v1/search/batch", json={"vectors": vectors, "exit_depth": 4,
                                                      "k": 1}, headers=READER).json()  # fmt: skip
@@ -251,7 +275,7 @@ def test_snapshot_under_writes_restores_every_acknowledged_item(tiny_bundle, tmp
                           str(restored)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert res.returncode == 0, res.stderr
     bid = bundle_id(tiny_bundle)
-    idx = ItemIndex(restored / bid, bid, [1, 2, 3, 4], 32)
+    idx = ItemIndex(restored / bid, bid, 4, 32)
     try:
         state = idx.consistency()
         assert state["consistent"] and state["items"] == snap["items"]

@@ -27,7 +27,7 @@ def add(client, item_id: str, blob: bytes) -> httpx.Response:
 
 def open_index(bundle, data_dir) -> ItemIndex:
     bid = bundle_id(bundle)
-    return ItemIndex(data_dir / bid, bid, [1, 2, 3, 4], 32)
+    return ItemIndex(data_dir / bid, bid, 4, 32)
 
 
 def test_restart_keeps_items(tiny_bundle, tmp_path) -> None:
@@ -86,8 +86,11 @@ def test_kill9_during_a_stream_of_adds(tiny_bundle, tmp_path) -> None:
             assert c.get(f"/v1/items/{item_id}").status_code == 200, item_id
         last = acked[-1]
         n = int(last.split("-")[1])
-        r = c.post("/v1/search", files=[("image", ("x.png", png(seed=n), "image/png"))],
-                   data={"exit_depth": "2", "k": "1"})  # fmt: skip
+        r = c.post(
+            "/v1/search",
+            files=[("image", ("x.png", png(seed=n), "image/png"))],
+            data={"exit_depth": "4", "k": "1"},
+        )  # the gallery depth: finds itself
         assert r.json()["results"][0]["id"] == last
     s.stop()
 
@@ -138,11 +141,11 @@ def test_reload_swaps_without_failed_requests(tiny_bundle, tiny_checkpoint, tmp_
 
 def test_index_refuses_another_bundle(tiny_bundle, tmp_path) -> None:
     bid = bundle_id(tiny_bundle)
-    ItemIndex(tmp_path / "ix", bid, [1, 2, 3, 4], 32).close()
+    ItemIndex(tmp_path / "ix", bid, 4, 32).close()
     from service.index import IndexMismatch
 
     with pytest.raises(IndexMismatch, match="belongs to bundle"):
-        ItemIndex(tmp_path / "ix", "0" * 64, [1, 2, 3, 4], 32)
+        ItemIndex(tmp_path / "ix", "0" * 64, 4, 32)
 
 
 def test_import_service_leaves_torch_unloaded(repo_root) -> None:

@@ -76,7 +76,7 @@ def test_crash_consistency_under_repeated_kill9(tiny_bundle, tmp_path) -> None:
             t.join()
     assert next_id >= 500 and len(acked) >= 400
     bid = bundle_id(tiny_bundle)
-    idx = ItemIndex(data / bid, bid, [1, 2, 3, 4], 32)
+    idx = ItemIndex(data / bid, bid, 4, 32)
     try:
         state = idx.consistency()
         assert state["consistent"], state

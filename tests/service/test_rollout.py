@@ -149,13 +149,13 @@ def test_rollout_under_load_survives_kill9_and_loses_nothing(
             # What the new bundle stores is its own embedding of the item, not the old one's.
             emb = c.post("/v1/embeddings", files={"images": ("x.png", digit_png(7), "image/png")},
                          data={"exit_depth": DEPTH}).json()["embeddings"][0]  # fmt: skip
-            stored = c.get("/v1/items/item-007", params={"exit_depth": DEPTH}).json()["vector"]
+            stored = c.get("/v1/items/item-007", params={"vector": "true"}).json()["vector"]
             if "item-007" not in load.replaced and "item-007" not in load2.replaced:
                 assert float(np.dot(emb, stored)) > 0.9999
             for item, seed in {**load.replaced, **load2.replaced}.items():
                 files = {"images": ("x.png", png(seed=seed), "image/png")}
                 emb = c.post("/v1/embeddings", files=files, data={"exit_depth": DEPTH})
-                stored = c.get(f"/v1/items/{item}", params={"exit_depth": DEPTH}).json()
+                stored = c.get(f"/v1/items/{item}", params={"vector": "true"}).json()
                 assert float(np.dot(emb.json()["embeddings"][0], stored["vector"])) > 0.9999
         s.stop()
 
@@ -168,17 +168,17 @@ def test_rollout_under_load_survives_kill9_and_loses_nothing(
     deleted = set(load.deleted) | set(load2.deleted)
     expected = {f"item-{i:03d}" for i in range(160)} | (set(load.added) | set(load2.added))
     expected -= deleted
-    idx = ItemIndex(data / b_id, b_id, list(range(1, DEPTH + 1)), 32)
+    idx = ItemIndex(data / b_id, b_id, DEPTH, 32)
     try:
         assert idx.consistency()["consistent"]
         assert idx.ids() == expected  # every acknowledged item, nothing deleted, no "old-*"
         for item in sorted(expected):
-            vector = idx.vector(item, DEPTH)  # noise images can embed close together: top 10
-            hits = idx.search(DEPTH, vector[None], 10)[0]
+            vector = idx.vector(item)  # noise images can embed close together: top 10
+            hits = idx.search(vector[None], 10)[0]
             assert item in {h.id for h in hits if h.score > 0.9999}, item
     finally:
         idx.close()
-    old = ItemIndex(data / a_id, a_id, list(range(1, DEPTH + 1)), 32)
+    old = ItemIndex(data / a_id, a_id, DEPTH, 32)
     try:  # the old bundle's index got the same writes while it served, and nothing else: an item
         # added before the swap and deleted after it stays there (the old index is retired)
         assert old.ids() - {"old-0", "old-1", "old-2"} <= expected | deleted

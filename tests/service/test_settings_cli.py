@@ -67,7 +67,7 @@ def test_reindex_a_folder_is_resumable(tiny_bundle, tmp_path) -> None:
     again = reindex(tiny_bundle, data, [tmp_path / "gallery", listing], progress=False)
     assert again == {"indexed": 1, "skipped_existing": 40, "failed": 1}
     bid = bundle_id(tiny_bundle)
-    idx = ItemIndex(data / bid, bid, [1, 2, 3, 4], 32)
+    idx = ItemIndex(data / bid, bid, 4, 32)
     try:
         assert idx.count() == 41 and idx.consistency()["consistent"]
         assert idx.get("img-000")["metadata"]["label"] == str(int(test.labels[0]))

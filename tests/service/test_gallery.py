@@ -1,0 +1,60 @@
+"""One gallery: items are embedded once, at the bundle's gallery depth — also when the bundle
+was exported without that depth's exit graph (the all-exits graph's row then embeds them) —
+and queries of every exit depth search that one index."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from export.manifest import ALL_EXITS_OUTPUT, INPUT_NAME, Manifest
+from export.parity import onnx_session
+from service.images import prepare
+from tests.service.conftest import digit_png
+from tests.service.server import Server
+
+
+@pytest.fixture(scope="module")
+def shallow(tiny_checkpoint, tmp_path_factory):
+    """A bundle with exits 1 and 2 only; its gallery depth is still 4 (the model's depth)."""
+    from export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("shallow") / "b"
+    export_bundle(tiny_checkpoint, out, exit_depths="1,2", segments=False, progress=False)
+    return out
+
+
+def test_items_of_a_bundle_without_its_gallery_exit_are_embedded_by_the_all_exits_graph(
+    shallow, tmp_path
+) -> None:
+    m = Manifest.read(shallow)
+    assert m.exit_depths == [1, 2] and m.bridge is not None and m.bridge.gallery_depth == 4
+    blobs = [digit_png(i) for i in range(5)]
+    p = m.preprocess
+    rows = np.stack([prepare(b, p.resize, p.crop, p.interpolation, 10**8) for b in blobs])
+    (want,) = onnx_session(shallow / m.all_exits.file).run([ALL_EXITS_OUTPUT], {INPUT_NAME: rows})
+    with Server(shallow, tmp_path / "data", tmp_path / "log") as s, s.client() as c:
+        files = [("images", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
+        r = c.post("/v1/items", files=files, data={"ids": [f"g-{i}" for i in range(5)]})
+        assert r.status_code == 200, r.text
+        for i in range(5):
+            got = c.get(f"/v1/items/g-{i}", params={"vector": "true"}).json()
+            assert got["exit_depth"] == 4
+            assert np.abs(np.array(got["vector"]) - want[3, i]).max() < 1e-5
+        hit = c.post("/v1/search", json={"vector": want[3, 2].tolist(), "k": 1}).json()
+        assert hit["results"][0]["id"] == "g-2" and hit["gallery_depth"] == 4
+        by_image = c.post("/v1/search", files=[("image", ("q.png", blobs[2], "image/png"))],
+                          data={"exit_depth": "1", "k": "5"}).json()  # fmt: skip
+        assert by_image["exit_depth"] == 1 and by_image["gallery_depth"] == 4
+        assert "g-2" in {h["id"] for h in by_image["results"]}
+        # A vector may name the gallery depth it is in, even when no exit graph has it.
+        r = c.post("/v1/search", json={"vector": want[3, 2].tolist(), "exit_depth": 4})
+        assert r.status_code == 200, r.text
+
+
+def test_old_ways_of_asking_are_refused_with_the_new_one(server) -> None:
+    with server.client() as c:
+        r = c.get("/v1/items/anything", params={"exit_depth": 3})
+        assert r.status_code == 422 and "vector=true" in r.json()["error"]["message"]
+        r = c.post("/v1/search", json={"vector": [1.0] + [0.0] * 31, "budget_ms": 5})
+        assert r.status_code == 422 and "budget_ms" in r.json()["error"]["message"]
