@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from export.manifest import BundleIntegrityError, bundle_id, load_verified
+from service.bulk import Batch, Counts, write
 from service.engine import Engine
 from service.errors import APIError
 from service.images import prepare, prepare_kept
@@ -72,9 +72,9 @@ def reindex(
     args = (p.resize, p.crop, p.interpolation)
     found = list(iter_sources(sources))  # walk the sources once
     todo = [(path, i, m) for path, i, m in found if index.get(i) is None]
-    counts = {"indexed": 0, "skipped_existing": len(found) - len(todo), "failed": 0}
-    started = time.perf_counter()
-    try:
+    counts = Counts(skipped_existing=len(found) - len(todo))
+
+    def embedded() -> Iterator[Batch]:
         for start in range(0, len(todo), batch_size):
             rows, ids, metas, kept = [], [], [], []
             for path, item_id, meta in todo[start : start + batch_size]:
@@ -89,26 +89,19 @@ def reindex(
                         row = prepare(data, *args, settings.max_pixels)
                     rows.append(row)
                 except (APIError, OSError) as exc:
-                    msg = exc.message if isinstance(exc, APIError) else str(exc)
-                    log.warning("skipping %s: %s", path, msg)
-                    counts["failed"] += 1
+                    counts.refuse(f"{path}: {exc.message if isinstance(exc, APIError) else exc}")
                     continue
                 ids.append(item_id)
                 metas.append(meta)
             if rows:
-                index.upsert(ids, metas, engine.embed_gallery(np.stack(rows)), kept or None)
-                counts["indexed"] += len(ids)
-            if progress:
-                done = min(start + batch_size, len(todo))
-                rate = done / max(1e-9, time.perf_counter() - started)
-                print(
-                    f"\rreindex: {done}/{len(todo)} images, {rate:.0f}/s", end="", file=sys.stderr
-                )
-        if progress and todo:
-            print(file=sys.stderr)
+                yield Batch(ids, metas, engine.embed_gallery(np.stack(rows)), kept or None)
+
+    try:
+        write(index, embedded(), len(todo), counts, "reindex", progress=progress and bool(todo))
     finally:
         index.close()
-    return counts
+    return {"indexed": counts.imported, "skipped_existing": counts.skipped_existing,
+            "failed": counts.refused}  # fmt: skip
 
 
 def _has_items(bundle: Path, data_dir: Path) -> bool:

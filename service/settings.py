@@ -101,7 +101,19 @@ class Settings(BaseSettings):
         "and /readyz 503",
     )
     index_factory: str = Field(
-        "Flat", description="FAISS factory string for new indexes (inner product metric)"
+        "Flat",
+        description="FAISS factory string for the gallery's index (inner product metric), e.g. "
+        "IVF4096,PQ32 for millions of items; Flat is exact",
+    )
+    nprobe: int = Field(
+        16, ge=1, le=65536, description="IVF indexes: lists a search visits (recall vs time)"
+    )
+    rerank: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="approximate indexes: a search takes k x this many candidates from FAISS "
+        "and orders them by exact cosine from the stored vectors (1: no re-ranking)",
     )
     snapshot_every: int = Field(
         1000, ge=1, description="persist FAISS snapshots after this many item changes"

@@ -2,17 +2,20 @@
 
 A snapshot is one uncompressed tar file: ``snapshot.json`` (its manifest: format, the store's
 schema version, bundle ids with item counts, and every other file with its size and sha256) and
-``<bundle id>/items.sqlite`` per bundle (the served one, or every bundle of the data dir) —
-SQLite is the truth (items, vectors, kept inputs); FAISS is rebuilt from it when a restored
-folder is first opened. The copy is SQLite's ``VACUUM INTO`` on a connection of its own: one read
-transaction in WAL mode, so writers are never blocked and the copy holds exactly what was
-committed when it began (every item acknowledged before the snapshot was asked for).
+``<bundle id>/items.sqlite`` and ``<bundle id>/vectors.f16`` per bundle (the served one, or
+every bundle of the data dir) — SQLite and the vectors file are the truth (items, kept inputs;
+vectors); FAISS is rebuilt from them when a restored folder is first opened. The copy is
+SQLite's ``VACUUM INTO`` on a connection of its own: one read transaction in WAL mode, so writers
+are never blocked and the copy holds exactly what was committed when it began (every item
+acknowledged before the snapshot was asked for); then the vectors file's rows up to the copy's
+newest item, which were durable before that item's commit.
 
 Restore trusts nothing in the archive: it takes only this format (no compression, no member the
 manifest does not list, sizes as declared — so nothing expands past the archive's own size),
 checks free space (``SDSSL_MIN_FREE_BYTES``) before writing, writes at most the declared bytes
 of each file and checks its hash, and takes a database only with exactly our schema (no
-triggers, no views) and rows the server can read. Every check is made before the data dir is
+triggers, no views) and rows the server can read, and a vectors file only with a row for each
+of its items. Every check is made before the data dir is
 touched: a refusal leaves it as it was.
 """
 
@@ -38,7 +41,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service.errors import StorageError
 from service.index.lock import WriterLock
 from service.index.storage import fsync_rename
-from service.index.store import DATABASE, SCHEMA_VERSION, foreign_database_problem
+from service.index.store import (
+    DATABASE,
+    SCHEMA_VERSION,
+    foreign_database_problem,
+    vectors_file_problem,
+)
+from service.index.vector_file import VECTORS
 
 INFO = "snapshot.json"
 FORMAT = 3  # 2: no file list (sizes from the tar headers); 1: one bundle, its database at the top
@@ -48,7 +57,7 @@ NAME = re.compile(r"^(?:[0-9a-f]{12}|all)-\d{8}T\d{6}(?:\d{3})?Z(?:-\d+)?\.tar$"
 COMPRESSED = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"(\xb5/\xfd": "zstd"}
 CHUNK = 2**20
 _naming = threading.Lock()
-Layout = dict[str, tuple[str, str | None]]  # bundle id -> (member, sha256 or None)
+Layout = dict[str, dict[str, tuple[str, str | None]]]  # bundle -> file -> (member, sha256|None)
 
 
 class SnapshotError(ValueError):
@@ -115,7 +124,7 @@ def create(
     need = 2 * sum(
         (f / name).stat().st_size
         for f in folders.values()
-        for name in (DATABASE, f"{DATABASE}-wal")
+        for name in (DATABASE, f"{DATABASE}-wal", VECTORS)
         if (f / name).exists()
     )  # the copies, then the tar of them
     if (free := _free(out_dir)) - need < min_free_bytes:
@@ -136,6 +145,9 @@ def create(
                 source.close()
             counts[bid] = _count(copy)  # of the copy: writers may have committed since
             files[f"{bid}/{DATABASE}"] = {"bytes": copy.stat().st_size, "sha256": _sha256(copy)}
+            rows = Path(tmp) / bid / VECTORS
+            _copy_rows(folder / VECTORS, rows, _rows_needed(copy))
+            files[f"{bid}/{VECTORS}"] = {"bytes": rows.stat().st_size, "sha256": _sha256(rows)}
         info = {"format": FORMAT, "schema_version": SCHEMA_VERSION, "created_at": time.time(),
                 "bundles": counts, "files": files}  # fmt: skip
         (Path(tmp) / INFO).write_text(json.dumps(info))
@@ -148,6 +160,34 @@ def create(
     if keep:
         prune(out_dir, keep)
     return Snapshot(path, counts, path.stat().st_size, time.perf_counter() - started)
+
+
+def _rows_needed(database: Path) -> int:
+    """Bytes of the vectors file that a database copy's items reach."""
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        dim = int(db.execute("SELECT value FROM meta WHERE key = 'dim'").fetchone()[0])
+        newest = db.execute("SELECT COALESCE(MAX(num_id), 0) FROM items").fetchone()[0]
+        return newest * 2 * dim
+    finally:
+        db.close()
+
+
+def _copy_rows(source: Path, out: Path, size: int) -> None:
+    """The first ``size`` bytes of a vectors file (rows past the copy's items are left out)."""
+    if size and not source.is_file():
+        raise SnapshotError(f"{source.parent.name[:12]} has items but no vectors file (a folder "
+                            "of an older server?)")  # fmt: skip
+    with open(out, "wb") as dst:
+        if size:
+            with open(source, "rb") as src:
+                left = size
+                while left and (block := src.read(min(CHUNK * 16, left))):
+                    dst.write(block)
+                    left -= len(block)
+            if left:
+                raise SnapshotError(f"{source.parent.name[:12]}'s vectors file is shorter than "
+                                    "its items need")  # fmt: skip
 
 
 def _place(partial: Path, out_dir: Path, label: str) -> Path:
@@ -230,10 +270,13 @@ def restore(
                 )
             with tempfile.TemporaryDirectory(prefix=".restore-", dir=data_dir) as tmp:
                 databases = {}
-                for bid, (name, sha) in layout.items():
-                    out = Path(tmp) / bid / DATABASE
-                    _extract(tar, members[name], out, sha, snapshot.name)
-                    _check_database(out, bid, snapshot.name)
+                for bid, parts in layout.items():
+                    out = {}
+                    for file, (name, sha) in parts.items():
+                        out[file] = Path(tmp) / bid / file
+                        _extract(tar, members[name], out[file], sha, snapshot.name)
+                    _check_database(out[DATABASE], bid, snapshot.name)
+                    _check_vectors(out[DATABASE], out.get(VECTORS), bid, snapshot.name)
                     databases[bid] = out
                 _put_in_place(databases, data_dir, force)
     except BaseException:
@@ -309,7 +352,8 @@ def _layout(
         if not isinstance(listed, list | dict) or not all(isinstance(b, str) for b in listed):
             raise SnapshotError(f"{name}: {INFO} does not list its bundles")
         bundles = {b: DATABASE if doc["format"] == 1 else f"{b}/{DATABASE}" for b in listed}
-        return {b: (m, None) for b, m in bundles.items()}, dict.fromkeys(bundles.values())
+        return ({b: {DATABASE: (m, None)} for b, m in bundles.items()},
+                dict.fromkeys(bundles.values()))  # fmt: skip
     try:
         manifest = Manifest.model_validate(doc)
     except ValidationError as exc:
@@ -320,19 +364,21 @@ def _layout(
     if manifest.schema_version != SCHEMA_VERSION:
         raise SnapshotError(f"{name} holds schema version {manifest.schema_version}; this server "
                             f"restores version {SCHEMA_VERSION}")  # fmt: skip
-    layout = {}
+    layout: Layout = {}
     for bid in manifest.bundles:
-        entry = manifest.files.get(f"{bid}/{DATABASE}")
-        if entry is None or entry.sha256 is None:
-            raise SnapshotError(f"{name}: {INFO} lists no database file for bundle {bid[:12]}")
-        layout[bid] = (f"{bid}/{DATABASE}", entry.sha256)
+        layout[bid] = {}
+        for file, what in ((DATABASE, "database"), (VECTORS, "vectors")):
+            entry = manifest.files.get(f"{bid}/{file}")
+            if entry is None or entry.sha256 is None:
+                raise SnapshotError(f"{name}: {INFO} lists no {what} file for bundle {bid[:12]}")
+            layout[bid][file] = (f"{bid}/{file}", entry.sha256)
     return layout, {m: e.bytes for m, e in manifest.files.items()}
 
 
 def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, out: Path, sha: str | None,
              name: str) -> None:  # fmt: skip
     """Write exactly the member's declared bytes to ``out`` and check its hash."""
-    out.parent.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     source = tar.extractfile(member)
     digest, left = hashlib.sha256(), member.size
     with source, open(out, "wb") as fh:  # type: ignore[union-attr]
@@ -365,7 +411,19 @@ def _check_database(path: Path, bid: str, name: str) -> None:
         raise SnapshotError(f"{name}: {bid[:12]}'s database is refused: {problem}")
 
 
-def _put_in_place(databases: dict[str, Path], data_dir: Path, force: bool) -> None:
+def _check_vectors(database: Path, vectors: Path | None, bid: str, name: str) -> None:
+    """A vectors file with a row for every item of its (checked) database."""
+    db = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        size = vectors.stat().st_size if vectors is not None else 0
+        problem = vectors_file_problem(db, size)
+    finally:
+        db.close()
+    if problem is not None:
+        raise SnapshotError(f"{name}: {bid[:12]} is refused: {problem}")
+
+
+def _put_in_place(databases: dict[str, dict[str, Path]], data_dir: Path, force: bool) -> None:
     """Check every folder (no items there unless ``force``), lock each (refused while a server
     writes it) and check again; only then replace. A refusal leaves the folders as they were."""
 
@@ -386,12 +444,16 @@ def _put_in_place(databases: dict[str, Path], data_dir: Path, force: bool) -> No
                 made.append(folder)
             locks.append(WriterLock(folder).acquire())
             check(folder)  # a server may have written it meanwhile
-        for bid, db in databases.items():
+        for bid, files in databases.items():
             folder = data_dir / bid
             for old in [*folder.glob("index*.faiss"), folder / "snapshot.json",
                         folder / f"{DATABASE}-wal", folder / f"{DATABASE}-shm"]:  # fmt: skip
                 old.unlink(missing_ok=True)
-            fsync_rename(db, folder / DATABASE)
+            if VECTORS in files:  # the rows first: the database names them
+                fsync_rename(files[VECTORS], folder / VECTORS)
+            else:
+                (folder / VECTORS).unlink(missing_ok=True)
+            fsync_rename(files[DATABASE], folder / DATABASE)
         os.sync()
         made.clear()
     finally:

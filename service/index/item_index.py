@@ -3,18 +3,18 @@
 at the bundle's gallery depth, and a query of any exit depth — bridged into that space by the
 bundle's graphs — searches it.
 
-SQLite (:mod:`.store`) is the truth; FAISS (:mod:`.vectors`) is derived, loaded from its last
-snapshot and brought up to date by replaying the change log, then checked against SQLite and
-rebuilt from it if they disagree. One process writes a folder at a time (:mod:`.lock`). A write
-is acknowledged only once it is durable (:mod:`.storage`); a folder deleted while in use is
-restored from the still-open database, so nothing acknowledged is lost.
+SQLite and the vectors file (:mod:`.store`) are the truth; FAISS (:mod:`.vectors`) is derived,
+loaded from its last snapshot and brought up to date by replaying the change log, then checked
+against SQLite and rebuilt from it if they disagree. An approximate index's candidates are
+re-ranked by their exact cosine from the stored vectors. One process writes a folder at a time
+(:mod:`.lock`). A write is acknowledged only once it is durable (:mod:`.storage`); a folder
+deleted while in use is restored from the still-open files, so nothing acknowledged is lost.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import sqlite3
 import threading
 import time
@@ -32,12 +32,13 @@ from service.index.filters import Filter, compile_filter
 from service.index.lock import WriterLock, WriterLockHeld
 from service.index.storage import Storage, StorageError, from_os_error, fsync_rename
 from service.index.store import DATABASE, ItemStore, Reader
+from service.index.vector_file import VECTORS
 from service.index.vectors import GalleryVectors
 from service.jsonio import dumps_canonical, loads_stored
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
-CHECKED_VECTORS = 32  # items whose stored vectors are compared with FAISS's at load
+FULL_CHECK = 1_000_000  # up to this many items the id sets are compared at load, else counts
 HIT_BYTES = 64  # a hit's JSON besides its id and metadata: keys, score, punctuation
 
 
@@ -56,6 +57,8 @@ def open_index(
         min_free_bytes=settings.min_free_bytes,
         max_filter_work=settings.max_filter_work,
         filter_timeout_s=settings.filter_timeout_s,
+        nprobe=settings.nprobe,
+        rerank=settings.rerank,
     )
 
 
@@ -85,11 +88,13 @@ class ItemIndex:
         min_free_bytes: int = 0,
         max_filter_work: int = 10**12,
         filter_timeout_s: float = 3600.0,
+        nprobe: int = 16,
+        rerank: int = 4,
     ) -> None:
         self.root, self.bundle_id = root, bundle_id
         self.max_filter_work, self.filter_timeout_s = max_filter_work, filter_timeout_s
         self.gallery_depth, self.dim = gallery_depth, dim
-        self.snapshot_every = snapshot_every
+        self.snapshot_every, self.rerank = snapshot_every, rerank
         self._lock = threading.RLock()
         self._changes = 0
         root.mkdir(parents=True, exist_ok=True)
@@ -98,12 +103,13 @@ class ItemIndex:
             owner = {"bundle_id": bundle_id, "dim": str(dim), "gallery_depth": str(gallery_depth)}
             self.store = ItemStore(root, owner, dim)
             self.reader = Reader(self.store.path)
-            self.storage = Storage(root, self.store.path, min_free_bytes)
-            self.vectors = GalleryVectors(root, dim, factory, use_gpu)
+            self.storage = Storage(root, self.store.path, min_free_bytes,
+                                   (self.store.vectors.path,))  # fmt: skip
+            self.vectors = GalleryVectors(root, dim, factory, use_gpu, nprobe)
             if self.store.count() >= self.vectors.min_train:
                 self.vectors.active = factory
             started = time.perf_counter()
-            how = self._load()
+            how = self.loaded = self._load()
             self._items = self.store.count()
         except BaseException:
             if hasattr(self, "store"):
@@ -144,31 +150,42 @@ class ItemIndex:
         return f"snapshot at change {seq} + {replayed} replayed"
 
     def _replay(self, after: int) -> int:
+        """Apply the log's changes after ``after`` in order, a run of one kind at a time."""
         rows = self.store.changes_after(after)
-        for op, num_id in rows:
-            ids = np.array([num_id], dtype=np.int64)
+        start = 0
+        while start < len(rows):
+            op, end = rows[start][0], start
+            while end < len(rows) and rows[end][0] == op:
+                end += 1
+            ids = np.array([n for _, n in rows[start:end]], dtype=np.int64)
             if op == "del":
                 self.vectors.remove(ids)
-            elif (vec := self.store.vector(num_id)) is not None:  # else: deleted later in the log
-                self.vectors.add(ids, vec[None])
+            else:  # a row stays in the vectors file after its item is deleted (a later "del")
+                self.vectors.add(ids, self.store.vectors_of(ids))
+            start = end
         return len(rows)
 
     def _rebuild(self) -> None:
         needs_sample = self.vectors.active != "Flat" and self.vectors.min_train > 0
-        sample = self.store.sample_vectors(100_000) if needs_sample else None
+        sample = (
+            self.store.sample_vectors(max(100_000, self.vectors.min_train))
+            if needs_sample
+            else None
+        )
         self.vectors.rebuild(sample, self.store.iter_vectors())
 
     def _disagreement(self) -> str | None:
-        """Why FAISS and SQLite disagree (ids, a sample of vectors), or None."""
-        truth = self.store.num_ids()
-        ids = self.vectors.ids()
-        extra = len(ids - truth)
-        if truth - ids or extra > self.vectors.stale:
-            return f"{len(truth - ids)} items missing, {extra} unknown"
-        for num_id in random.Random(0).sample(sorted(truth), min(CHECKED_VECTORS, len(truth))):
-            got = self.vectors.reconstruct(num_id)
-            if got is not None and not np.allclose(got, self.store.vector(num_id), atol=1e-5):
-                return f"the vector of item #{num_id} differs"
+        """Why FAISS and SQLite disagree, or None: the id sets (up to FULL_CHECK items; past
+        it, the counts — comparing 10 M ids costs seconds and a gigabyte at every start)."""
+        items = self.store.count()
+        if items > FULL_CHECK:
+            held = self.vectors.size() - self.vectors.stale
+            return None if held == items else f"{items} items, {held} vectors indexed"
+        truth, ids = self.store.num_ids(), self.vectors.ids()
+        missing = len(np.setdiff1d(truth, ids, assume_unique=True))
+        extra = len(np.setdiff1d(ids, truth))
+        if missing or extra > self.vectors.stale:
+            return f"{missing} items missing, {extra} unknown"
         return None
 
     # ---- storage -------------------------------------------------------------------------------
@@ -183,17 +200,25 @@ class ItemIndex:
             raise problem
 
     def _restore(self) -> None:
-        """The folder or its database was deleted while open: recreate it from the open
-        connection (which still reads the deleted file) and re-take the writer lock."""
-        db, writer = self.root / DATABASE, WriterLock(self.root)
+        """The folder or its files were deleted while open: recreate them from the open
+        handles (which still read the deleted files) and re-take the writer lock."""
+        db = self.root / DATABASE
+        if (self.storage.unchanged(self.root) and self.storage.unchanged(db)
+                and not (self.root / VECTORS).exists()):  # fmt: skip
+            self._restore_vectors()
+            return
+        writer = WriterLock(self.root)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if db.exists():
                 raise StorageError("the data folder's database was replaced while in use")
             writer.acquire()
-            tmp = self.root / f".{DATABASE}.restore"
+            tmp, tmp_vectors = self.root / f".{DATABASE}.restore", self.root / f".{VECTORS}.restore"
             tmp.unlink(missing_ok=True)
-            self.store.copy_to(tmp)
+            self.store.copy_to(tmp, tmp_vectors)
+            fsync_rename(
+                tmp_vectors, self.root / VECTORS
+            )  # the rows first: the database names them
             fsync_rename(tmp, db)
         except WriterLockHeld as exc:
             raise StorageError(f"the data folder was removed and re-taken: {exc}") from exc
@@ -208,6 +233,19 @@ class ItemIndex:
         log.warning("index %s: the data folder was removed while in use; restored %d items "
                     "from the open database", self.root.name[:12], self.store.count())  # fmt: skip
         self._safe_snapshot()
+
+    def _restore_vectors(self) -> None:
+        """Only the vectors file was deleted while open: copy it back from the open handle."""
+        tmp = self.root / f".{VECTORS}.restore"
+        try:
+            self.store.vectors.copy_to(tmp)
+            fsync_rename(tmp, self.root / VECTORS)
+        except OSError as exc:
+            raise from_os_error(exc, "the vectors file was removed and cannot be restored") from exc
+        self.store.reopen()
+        self.storage.reopened()
+        log.warning("index %s: the vectors file was removed while in use; restored it from the "
+                    "open file", self.root.name[:12])  # fmt: skip
 
     def health(self) -> str | None:
         """Why writes would fail now (missing, read-only or full storage), or None. Never waits
@@ -229,7 +267,7 @@ class ItemIndex:
         self._usable()
         try:
             result = fn()
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # the database, or the vectors file
             raise from_os_error(exc, f"cannot {what}") from exc
         if self.storage.moved():  # committed into a file deleted meanwhile: copy it back
             self._restore()
@@ -249,6 +287,7 @@ class ItemIndex:
         if vectors.shape != (len(ids), self.dim):
             raise ValueError(f"vectors shape {vectors.shape} != {(len(ids), self.dim)}")
         texts = [dumps_canonical(m) for m in metadata]
+        vectors = vectors.astype(np.float16).astype(np.float32)  # as stored: FAISS agrees exactly
         with self._lock:
             change = self._write(
                 "add items", lambda: self.store.upsert(ids, texts, vectors, inputs)
@@ -396,7 +435,7 @@ class ItemIndex:
             return self.store.ids()
 
     def vector(self, item_id: str) -> np.ndarray | None:
-        """An item's stored embedding (gallery space), or None."""
+        """An item's stored embedding (gallery space, float16 precision), or None."""
         with self._lock:
             return self.store.vector_of(item_id)
 
@@ -428,7 +467,10 @@ class ItemIndex:
         with self._lock:
             if self.vectors.size() == 0:
                 return [[] for _ in range(len(queries))]
-            scores, nums = self.vectors.search(queries, k, allowed)
+            exact = self.vectors.exact or self.rerank <= 1
+            scores, nums = self.vectors.search(queries, k if exact else k * self.rerank, allowed)
+        if not exact:
+            scores, nums = self._reranked(queries, scores, nums, k)
         found = self._reader().sizes(sorted({int(n) for n in nums.ravel() if n >= 0}))
         picked = []
         for row_scores, row_nums in zip(scores, nums, strict=True):
@@ -451,18 +493,34 @@ class ItemIndex:
         texts = self._reader().metadata(used)  # an item deleted meanwhile drops out
         return [[Hit(found[n][0], s, texts[n]) for n, s in row if n in texts] for row in picked]
 
+    def _reranked(
+        self, queries: np.ndarray, scores: np.ndarray, nums: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """An approximate index's candidates ordered by their exact cosine (the stored vectors);
+        -1 marks no candidate, and sorts last. Stale candidates drop out later, as before."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        safe = np.where(nums >= 0, nums, 1)
+        exact = np.einsum("qd,qcd->qc", q, self.store.vectors_of(safe.ravel()).reshape(
+            *nums.shape, -1))  # fmt: skip
+        exact = np.where(nums >= 0, exact, -np.inf)
+        order = np.argsort(-exact, axis=1, kind="stable")
+        return np.take_along_axis(exact, order, 1), np.take_along_axis(nums, order, 1)
+
     def consistency(self) -> dict[str, Any]:
         """Ids in SQLite vs ids in the FAISS index (for tests and the crash suite)."""
         with self._lock:
             ids = self.store.num_ids()
             stored = self.vectors.ids()
-            same = stored == ids or (self.vectors.stale > 0 and ids <= stored)
+        extra = np.setdiff1d(stored, ids)
+        same = not len(np.setdiff1d(ids, stored)) and (len(extra) == 0 or self.vectors.stale > 0)
         return {"items": len(ids), "consistent": same}
 
     # ---- persistence ---------------------------------------------------------------------------
     def _after_change(self, n: int) -> None:
+        """Snapshot after ``snapshot_every`` changes — or a tenth of the items, when that is
+        more: a snapshot writes the whole index, and a restart replays at most that many."""
         self._changes += n
-        if self._changes >= self.snapshot_every:
+        if self._changes >= max(self.snapshot_every, self._items // 10):
             self._safe_snapshot()
 
     def _safe_snapshot(self) -> None:

@@ -55,11 +55,15 @@ def from_os_error(exc: BaseException, what: str) -> StorageError:
 
 
 class Storage:
-    """Health of one folder and of the database file in it, as they were when opened."""
+    """Health of one folder and of the files in it (the database, the vectors file), as they
+    were when opened."""
 
-    def __init__(self, folder: Path, database: Path, min_free_bytes: int = 0) -> None:
+    def __init__(
+        self, folder: Path, database: Path, min_free_bytes: int = 0, others: tuple[Path, ...] = ()
+    ) -> None:
         self.folder, self.database, self.min_free_bytes = folder, database, min_free_bytes
-        self._identity = self._stat(folder), self._stat(database)
+        self.files = (folder, database, *others)
+        self._identity = tuple(self._stat(p) for p in self.files)
 
     @staticmethod
     def _stat(path: Path) -> tuple[int, int] | None:
@@ -70,12 +74,16 @@ class Storage:
         return st.st_dev, st.st_ino
 
     def reopened(self) -> None:
-        """Record the folder and database as they are now (after a restore)."""
-        self._identity = self._stat(self.folder), self._stat(self.database)
+        """Record the folder and files as they are now (after a restore)."""
+        self._identity = tuple(self._stat(p) for p in self.files)
 
     def moved(self) -> bool:
-        """The folder or the database file is gone or replaced since it was opened."""
-        return (self._stat(self.folder), self._stat(self.database)) != self._identity
+        """The folder or one of its files is gone or replaced since it was opened."""
+        return tuple(self._stat(p) for p in self.files) != self._identity
+
+    def unchanged(self, path: Path) -> bool:
+        """Whether ``path`` (one of the watched) is the very file it was when opened."""
+        return self._stat(path) == self._identity[self.files.index(path)]
 
     def problem(self) -> StorageError | None:
         """Why a write cannot be made durable right now, or None."""

@@ -1,7 +1,8 @@
-"""SQLite, the durable truth of a bundle's items: ids, metadata, one embedding each (in the
-gallery depth's space: queries of every depth are bridged into it), each item's kept input (a
-canonical PNG a later bundle re-embeds from, when kept), and a change log that the FAISS
-snapshots are tagged against.
+"""The durable truth of a bundle's items: SQLite holds ids, metadata, each item's kept input (a
+canonical PNG a later bundle re-embeds from, when kept) and a change log that the FAISS
+snapshots are tagged against; :mod:`.vector_file` holds each item's one embedding (in the
+gallery depth's space: queries of every depth are bridged into it), written and made durable
+before the transaction that makes it reachable commits.
 
 WAL journal, ``synchronous=FULL``; every mutation is one ``BEGIN IMMEDIATE`` transaction,
 committed before a request is acknowledged. Numeric ids (FAISS's ids) are never reused, so a
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from service.index.vector_file import VECTORS, VectorFile
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -32,15 +35,15 @@ CREATE TABLE IF NOT EXISTS items (
     metadata TEXT,
     created_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS vectors (num_id INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS inputs (num_id INTEGER PRIMARY KEY, png BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS log (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, num_id INTEGER NOT NULL
 );
 """
 DATABASE = "items.sqlite"
-SCHEMA_VERSION = 2  # a snapshot's manifest names it; restore takes only this one
-# 2: one vector per item (the gallery depth's); 1 held one per exit depth
+SCHEMA_VERSION = 3  # a snapshot's manifest names it; restore takes only this one
+# 3: vectors in vectors.f16 beside the database; 2: one float32 row per item in SQLite;
+# 1: one per exit depth
 SQL_PARAMS = 900  # SQLite's bound-parameter limit is 999 on older builds
 
 
@@ -61,8 +64,8 @@ def _expected_objects() -> set[tuple[str, str, str, str | None]]:
 def foreign_database_problem(db: sqlite3.Connection, bundle_id: str) -> str | None:
     """Why a database from outside (a snapshot being restored) is not one of ours for
     ``bundle_id``, or None: exactly our tables and indexes (no triggers, no views), this bundle's
-    owner record, and rows the server can read (every item has one vector of the same size, and
-    JSON metadata)."""
+    owner record, and rows the server can read (JSON metadata, numbers below the next one to
+    give). Its vectors file is checked against it by :func:`vectors_file_problem`."""
     found, expected = _objects(db), _expected_objects()
     if found != expected:
         extra = sorted(f"{t} {n}" for t, n, _, _ in found - expected)
@@ -75,17 +78,12 @@ def foreign_database_problem(db: sqlite3.Connection, bundle_id: str) -> str | No
     if meta.get("bundle_id") != bundle_id:
         return "its owner record names another bundle"
     try:
-        row_bytes = 4 * int(meta["dim"])
-        int(meta["gallery_depth"])
+        int(meta["dim"]), int(meta["gallery_depth"])
     except (KeyError, ValueError, TypeError):
         return "its owner record has no model shape"
     checks = {
-        "items without a vector": "SELECT COUNT(*) FROM items LEFT JOIN vectors USING (num_id) "
-        "WHERE vectors.num_id IS NULL",
-        "vectors without an item": "SELECT COUNT(*) FROM vectors LEFT JOIN items USING (num_id) "
-        "WHERE items.num_id IS NULL",
-        "vectors of the wrong size": f"SELECT COUNT(*) FROM vectors WHERE typeof(data) != "
-        f"'blob' OR length(data) != {row_bytes}",
+        "items without a positive number": "SELECT COUNT(*) FROM items WHERE typeof(num_id) != "
+        "'integer' OR num_id < 1",
         "metadata that is not JSON": "SELECT COUNT(*) FROM items WHERE metadata IS NOT NULL "
         "AND (typeof(metadata) != 'text' OR NOT json_valid(metadata))",
         "ids that are not text": "SELECT COUNT(*) FROM items WHERE typeof(id) != 'text'",
@@ -109,6 +107,18 @@ def _counter(value: object) -> bool:
     """A stored counter: ASCII decimal digits that SQLite's 64-bit integers hold."""
     return (isinstance(value, str) and re.fullmatch(r"[0-9]{1,19}", value) is not None
             and int(value) < 2**63)  # fmt: skip
+
+
+def vectors_file_problem(db: sqlite3.Connection, size: int) -> str | None:
+    """Why a vectors file of ``size`` bytes cannot hold the vectors of ``db``'s items (checked
+    by :func:`foreign_database_problem` first), or None."""
+    row_bytes = 2 * int(dict(db.execute("SELECT key, value FROM meta").fetchall())["dim"])
+    newest = db.execute("SELECT COALESCE(MAX(num_id), 0) FROM items").fetchone()[0]
+    if size % row_bytes:
+        return f"its vectors file is {size} bytes, not whole rows of {row_bytes}"
+    if size < newest * row_bytes:
+        return f"its vectors file holds {size // row_bytes} rows; its items need {newest}"
+    return None
 
 
 class IndexMismatch(RuntimeError):
@@ -135,11 +145,22 @@ class ItemStore:
     """Not thread-safe on its own: :class:`~service.index.ItemIndex` serialises calls."""
 
     def __init__(self, folder: Path, owner: dict[str, str], dim: int) -> None:
-        self.path = folder / DATABASE
+        self.folder, self.path = folder, folder / DATABASE
         self.dim = dim
         self.db = connect(self.path)
-        self.db.executescript(SCHEMA)
-        self._check_owner(owner)
+        try:
+            self.db.executescript(SCHEMA)
+            self._check_owner(owner)
+            self.vectors = VectorFile(folder, dim)
+            newest = self.db.execute("SELECT COALESCE(MAX(num_id), 0) FROM items").fetchone()[0]
+            if newest > self.vectors.capacity:
+                self.vectors.close()
+                raise IndexMismatch(f"this index folder's {VECTORS} holds "
+                                    f"{self.vectors.capacity} rows; its items need {newest} "
+                                    "(the file was cut short or replaced)")  # fmt: skip
+        except BaseException:
+            self.db.close()
+            raise
 
     def _check_owner(self, expected: dict[str, str]) -> None:
         rows = dict(self.db.execute("SELECT key, value FROM meta").fetchall())
@@ -153,11 +174,12 @@ class ItemStore:
                 f"this index folder belongs to bundle {rows.get('bundle_id', '?')[:12]}, not "
                 f"{expected['bundle_id'][:12]}: re-index it for this bundle"
             )
-        if any(rows.get(k) != expected[k] for k in ("dim", "gallery_depth")):
+        stale = self.db.execute("SELECT 1 FROM sqlite_master WHERE name = 'vectors'").fetchone()
+        if stale or any(rows.get(k) != expected[k] for k in ("dim", "gallery_depth")):
             raise IndexMismatch(
                 "this index folder holds another model shape, or items stored by an older "
-                "server (one vector per exit depth): re-index them into it (python -m "
-                "service.reindex), or move it aside"
+                "server (vectors inside its database): move it aside, then re-index the items "
+                "(python -m service.reindex) or bulk-import their vectors"
             )
 
     # ---- writes --------------------------------------------------------------------------------
@@ -168,39 +190,49 @@ class ItemStore:
         vectors: np.ndarray,
         inputs: list[bytes | None] | None = None,
     ) -> Change:
-        """Insert or replace rows in one transaction; ``metadata`` is canonical JSON text,
-        ``inputs`` the kept PNGs (None: none kept)."""
+        """Insert or replace items (distinct ids) in one transaction; ``metadata`` is canonical
+        JSON text, ``inputs`` the kept PNGs (None: none kept). The vectors are written to the
+        vectors file and made durable first: a crash before the commit leaves rows no item
+        number reaches (the next write overwrites them)."""
+        if len(set(ids)) != len(ids):
+            raise ValueError("ids repeat within one upsert")
         now = time.time()
         inputs = inputs if inputs is not None else [None] * len(ids)
-        removed, added, replaced = [], [], []
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self.db.execute("SELECT value FROM meta WHERE key='next_num_id'").fetchone()
-            next_id = int(row[0]) if row else 1
-            for item_id, meta, vec, png in zip(ids, metadata, vectors, inputs, strict=True):
-                old = self.db.execute(
-                    "SELECT num_id FROM items WHERE id = ?", (item_id,)
-                ).fetchone()
-                if old is not None:
-                    self._delete_rows(old[0])
-                    removed.append(old[0])
-                self.db.execute(
-                    "INSERT INTO items VALUES (?, ?, ?, ?)", (item_id, next_id, meta, now)
-                )
-                self.db.execute(
-                    "INSERT INTO vectors VALUES (?, ?)",
-                    (next_id, np.ascontiguousarray(vec, dtype=np.float32).tobytes()),
-                )
-                if png is not None:
-                    self.db.execute("INSERT INTO inputs VALUES (?, ?)", (next_id, png))
-                self.db.execute("INSERT INTO log (op, num_id) VALUES ('add', ?)", (next_id,))
-                added.append(next_id)
-                replaced.append(old is not None)
-                next_id += 1
-            self.db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('next_num_id', ?)", (str(next_id),)
+            first = int(row[0]) if row else 1
+            old = self._num_ids_of(ids)
+            self.vectors.write(first, vectors)
+            self.vectors.sync()
+            removed = [old[i] for i in ids if i in old]
+            for num_id in removed:
+                self._delete_rows(num_id)
+            added = list(range(first, first + len(ids)))
+            self.db.executemany(
+                "INSERT INTO items VALUES (?, ?, ?, ?)",
+                zip(ids, added, metadata, [now] * len(ids), strict=True),
             )
-        return Change(removed, added, replaced)
+            self.db.executemany(
+                "INSERT INTO inputs VALUES (?, ?)",
+                [(n, png) for n, png in zip(added, inputs, strict=True) if png is not None],
+            )
+            self.db.executemany("INSERT INTO log (op, num_id) VALUES ('add', ?)",
+                                [(n,) for n in added])  # fmt: skip
+            self.db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('next_num_id', ?)", (str(first + len(ids)),)
+            )
+        return Change(removed, added, [i in old for i in ids])
+
+    def _num_ids_of(self, ids: list[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for start in range(0, len(ids), SQL_PARAMS):
+            part = ids[start : start + SQL_PARAMS]
+            marks = ",".join("?" * len(part))
+            found.update(
+                self.db.execute(f"SELECT id, num_id FROM items WHERE id IN ({marks})", part)
+            )
+        return found
 
     def delete(self, item_id: str) -> int | None:
         """Remove an item in one transaction; its num_id, or None if there was none."""
@@ -214,7 +246,6 @@ class ItemStore:
 
     def _delete_rows(self, num_id: int) -> None:
         self.db.execute("DELETE FROM items WHERE num_id = ?", (num_id,))
-        self.db.execute("DELETE FROM vectors WHERE num_id = ?", (num_id,))
         self.db.execute("DELETE FROM inputs WHERE num_id = ?", (num_id,))
         self.db.execute("INSERT INTO log (op, num_id) VALUES ('del', ?)", (num_id,))
 
@@ -226,9 +257,6 @@ class ItemStore:
             self.db.execute("DELETE FROM log WHERE seq <= ?", (seq,))
 
     # ---- reads ---------------------------------------------------------------------------------
-    def decode(self, blob: bytes) -> np.ndarray:
-        return np.frombuffer(blob, dtype=np.float32).reshape(self.dim)
-
     def get(self, item_id: str) -> tuple[str, str | None, float] | None:
         return self.db.execute(
             "SELECT id, metadata, created_at FROM items WHERE id = ?", (item_id,)
@@ -239,10 +267,8 @@ class ItemStore:
 
     def vector_of(self, item_id: str) -> np.ndarray | None:
         """``[D]``: an item's stored embedding."""
-        row = self.db.execute(
-            "SELECT data FROM vectors JOIN items USING (num_id) WHERE id = ?", (item_id,)
-        ).fetchone()
-        return None if row is None else self.decode(row[0])
+        row = self.db.execute("SELECT num_id FROM items WHERE id = ?", (item_id,)).fetchone()
+        return None if row is None else self.vectors.read(np.array([row[0]]))[0]
 
     def with_inputs(
         self, after: int, limit: int, upto: int
@@ -272,20 +298,18 @@ class ItemStore:
 
     def num_ids_of(self, ids: list[str]) -> dict[str, int]:
         """id → num_id (the item's current version) of those that exist."""
-        found: dict[str, int] = {}
-        for start in range(0, len(ids), SQL_PARAMS):
-            part = ids[start : start + SQL_PARAMS]
-            marks = ",".join("?" * len(part))
-            found.update(
-                self.db.execute(f"SELECT id, num_id FROM items WHERE id IN ({marks})", part)
-            )
-        return found
+        return self._num_ids_of(ids)
 
     def ids(self) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM items")}
 
-    def num_ids(self) -> set[int]:
-        return {r[0] for r in self.db.execute("SELECT num_id FROM items")}
+    def num_ids(self) -> np.ndarray:
+        """Every item's number, ascending."""
+        cur = self.db.execute("SELECT num_id FROM items ORDER BY num_id")
+        chunks = []
+        while rows := cur.fetchmany(65536):
+            chunks.append(np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows)))
+        return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
 
     def last_seq(self) -> int:
         """The newest change: the log's last entry, or the snapshot's when the log is trimmed."""
@@ -298,40 +322,53 @@ class ItemStore:
             "SELECT op, num_id FROM log WHERE seq > ? ORDER BY seq", (seq,)
         ).fetchall()
 
-    def vector(self, num_id: int) -> np.ndarray | None:
-        row = self.db.execute("SELECT data FROM vectors WHERE num_id = ?", (num_id,)).fetchone()
-        return None if row is None else self.decode(row[0])
+    def vectors_of(self, num_ids: np.ndarray) -> np.ndarray:
+        """``[n, D]`` float32: the stored vectors of these item numbers."""
+        return self.vectors.read(num_ids)
 
-    def iter_vectors(self, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(num_ids [n], vectors [n, D])`` chunks of every stored item."""
-        cur = self.db.execute("SELECT num_id, data FROM vectors ORDER BY num_id")
+    def iter_vectors(self, chunk: int = 65536) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(num_ids [n], vectors [n, D])`` chunks of every stored item, in number order."""
+        cur = self.db.execute("SELECT num_id FROM items ORDER BY num_id")
         while rows := cur.fetchmany(chunk):
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            yield ids, np.stack([self.decode(r[1]) for r in rows])
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            yield ids, self.vectors.read(ids)
 
-    def sample_vectors(self, n: int) -> np.ndarray:
-        """``[n', D]``: up to ``n`` random stored items (FAISS training data)."""
-        rows = self.db.execute(
-            "SELECT data FROM vectors ORDER BY RANDOM() LIMIT ?", (n,)
-        ).fetchall()
-        return np.stack([self.decode(r[0]) for r in rows])
+    def sample_vectors(self, n: int, seed: int = 0) -> np.ndarray:
+        """``[n', D]``: up to ``n`` stored rows drawn at random (FAISS training data; a deleted
+        item's row is as good a sample of the data as a live one)."""
+        last = min(self.last_num_id_given(), self.vectors.capacity)  # a restore may cut the tail
+        if last == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        rng = np.random.default_rng(seed)
+        picks = np.sort(rng.choice(last, size=min(n, last), replace=False)) + 1
+        return self.vectors.read(picks)
+
+    def last_num_id_given(self) -> int:
+        """The newest item number ever given (rows beyond it are not vectors)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='next_num_id'").fetchone()
+        return int(row[0]) - 1 if row else 0
 
     # ---- lifecycle -----------------------------------------------------------------------------
-    def copy_to(self, path: Path) -> None:
-        """Copy the whole database (SQLite's online backup) to ``path`` — also when the file we
-        have open was deleted: the open connection still reads it."""
+    def copy_to(self, path: Path, vectors: Path) -> None:
+        """Copy the whole database (SQLite's online backup) to ``path`` and the vectors file to
+        ``vectors`` — also when the files we have open were deleted: open handles still read
+        them."""
         target = sqlite3.connect(path)
         try:
             self.db.backup(target)
         finally:
             target.close()
+        self.vectors.copy_to(vectors)
 
     def reopen(self) -> None:
         self.db.close()
         self.db = connect(self.path)
+        self.vectors.close()
+        self.vectors = VectorFile(self.folder, self.dim)
 
     def close(self) -> None:
         self.db.close()
+        self.vectors.close()
 
 
 class Reader:

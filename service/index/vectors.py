@@ -1,6 +1,8 @@
 """FAISS, the derived part of a bundle's gallery: one index of the gallery-depth vectors (inner
-product on L2-normalised vectors = cosine), ``IDMap2`` over the factory so FAISS ids are SQLite's
-num_ids. Queries of every exit depth search it, bridged into its space by the bundle's graphs.
+product on L2-normalised vectors = cosine) whose ids are SQLite's item numbers — IVF indexes
+hold ids themselves, others sit in an ``IDMap``. Queries of every exit depth search it, bridged
+into its space by the bundle's graphs. The vectors themselves live in :mod:`.vector_file`: an
+approximate index's candidates are re-ranked exactly from there (:class:`~.ItemIndex`).
 
 Snapshots are a file ``index.s<seq>.faiss`` plus ``snapshot.json`` naming the change-log
 position it contains. Factories that need training (IVF…) serve from an exact index until there
@@ -28,6 +30,7 @@ from service.index.storage import fsync_write
 
 log = logging.getLogger(__name__)
 SNAPSHOT = "snapshot.json"
+GPU_MAX_K = 2048  # FAISS's GPU k-selection limit (k and nprobe)
 
 
 def gpu_capable(dim: int, factory: str) -> bool:
@@ -50,8 +53,10 @@ def training_points(dim: int, factory: str) -> int:
 class GalleryVectors:
     """Not thread-safe on its own: :class:`~service.index.ItemIndex` serialises calls."""
 
-    def __init__(self, folder: Path, dim: int, factory: str, use_gpu: bool) -> None:
-        self.folder, self.dim = folder, dim
+    def __init__(
+        self, folder: Path, dim: int, factory: str, use_gpu: bool, nprobe: int = 16
+    ) -> None:
+        self.folder, self.dim, self.nprobe = folder, dim, nprobe
         self.factory = factory
         self.min_train = training_points(dim, factory)
         self.active = "Flat"  # set by the owner once it knows the item count
@@ -87,7 +92,36 @@ class GalleryVectors:
         self._gpu_stale = 0
 
     def _new_index(self) -> Any:
-        return faiss.index_factory(self.dim, f"IDMap2,{self.active}", faiss.METRIC_INNER_PRODUCT)
+        index = faiss.index_factory(self.dim, self.active, faiss.METRIC_INNER_PRODUCT)
+        top = faiss.downcast_index(index)
+        if isinstance(top, faiss.IndexPreTransform):
+            top = faiss.downcast_index(top.index)
+        if isinstance(top, faiss.IndexIVF):  # holds ids itself; others (Refine…) need a map
+            return self._tuned(index)
+        return self._tuned(faiss.IndexIDMap(index))
+
+    @staticmethod
+    def _ivf(index: Any) -> Any:
+        """The IVF index inside ``index``, or None."""
+        try:
+            return faiss.extract_index_ivf(index)
+        except RuntimeError:
+            return None
+
+    def _tuned(self, index: Any) -> Any:
+        if (ivf := self._ivf(index)) is not None:
+            ivf.nprobe = min(self.nprobe, ivf.nlist, GPU_MAX_K)
+        return index
+
+    def _inner(self) -> Any:
+        """The index under the id map (the index itself for IVF)."""
+        index = faiss.downcast_index(self.index)
+        return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap) else index
+
+    @property
+    def exact(self) -> bool:
+        """Whether search scores are exact (a flat index): no re-ranking needed."""
+        return self.active == "Flat"
 
     # ---- building --------------------------------------------------------------------------
     def rebuild(
@@ -95,13 +129,13 @@ class GalleryVectors:
     ) -> None:
         """A fresh index of the active factory, trained on ``sample [n, D]`` if it needs it,
         filled from ``(num_ids, vectors [n, D])`` chunks."""
-        self.index = self._new_index()
-        self.stale = 0
-        if not self.index.is_trained and sample is not None:
-            self.index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        self._drop_gpu_copy()
+        index = self._new_index()  # built aside: a failure leaves the serving index as it was
+        if not index.is_trained and sample is not None:
+            index.train(np.ascontiguousarray(sample, dtype=np.float32))
         for ids, vecs in chunks:
-            self.add(ids, vecs)
+            index.add_with_ids(np.ascontiguousarray(vecs, dtype=np.float32), ids)
+        self.index, self.stale = index, 0
+        self._drop_gpu_copy()
 
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
         """``vecs [N, D]`` under FAISS ids ``ids`` (and into the GPU copy)."""
@@ -125,16 +159,19 @@ class GalleryVectors:
     def size(self) -> int:
         return int(self.index.ntotal)
 
-    def ids(self) -> set[int]:
-        inner = faiss.downcast_index(self.index)
-        return set(faiss.vector_to_array(inner.id_map).tolist())
-
-    def reconstruct(self, num_id: int) -> np.ndarray | None:
-        """The stored vector of ``num_id``, if this index type can give it back."""
-        try:
-            return self.index.reconstruct(num_id)
-        except RuntimeError:
-            return None
+    def ids(self) -> np.ndarray:
+        """Every id the index holds (stale ones included), ascending."""
+        index = faiss.downcast_index(self.index)
+        if isinstance(index, faiss.IndexIDMap):
+            found = faiss.vector_to_array(index.id_map)
+        else:
+            ivf = self._ivf(self.index)
+            lists = ivf.invlists
+            found = np.concatenate([np.zeros(0, np.int64)] + [
+                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                for i in range(ivf.nlist) if lists.list_size(i)
+            ])  # fmt: skip
+        return np.sort(found.astype(np.int64))
 
     def search(
         self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
@@ -144,8 +181,10 @@ class GalleryVectors:
         index: exact for Flat, approximate within the filter for HNSW and IVF)."""
         index = self._search_index() if allowed is None else self.index
         fetch = max(1, min(int(index.ntotal), k + self.extra_fetch))
+        if index is not self.index:
+            fetch = min(fetch, GPU_MAX_K)  # FAISS's GPU search returns at most this many
         x = np.ascontiguousarray(queries, dtype=np.float32)
-        inner = faiss.downcast_index(self.index.index)
+        inner = self._inner()
         if hasattr(inner, "hnsw"):  # HNSW returns fewer than k results when efSearch < k
             inner.hnsw.efSearch = max(inner.hnsw.efSearch, fetch)
         if allowed is None:
@@ -153,8 +192,8 @@ class GalleryVectors:
         selector = faiss.IDSelectorBatch(allowed)
         if hasattr(inner, "hnsw"):
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=max(64, 4 * fetch))
-        elif hasattr(inner, "nprobe"):  # IVF indexes take only their own parameter type
-            params = faiss.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+        elif (ivf := self._ivf(self.index)) is not None:  # IVF takes only its own parameters
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
         else:
             params = faiss.SearchParameters(sel=selector)
         return index.search(x, fetch, params=params)
@@ -191,7 +230,7 @@ class GalleryVectors:
             seq = int(info["seq"])
             if info.get("factory") != self.active or info.get("bundle_id") != bundle_id:
                 return None
-            index = faiss.read_index(str(self._file(seq)))
+            index = self._tuned(faiss.read_index(str(self._file(seq))))
         except (OSError, ValueError, KeyError, RuntimeError) as exc:
             log.warning("ignoring an unusable FAISS snapshot: %s", exc)
             return None

@@ -121,11 +121,11 @@ async def reload(
 @router.post(
     "/v1/admin/snapshot",
     response_model=SnapshotOut,
-    responses=ERRORS,
+    responses={**ERRORS, 409: ERRORS[422]},
     summary="Write a consistent snapshot of the served bundle's items, or of every bundle's",
-    description="SQLite's `VACUUM INTO` on a connection of its own per bundle (items, vectors, "
-    "kept inputs): writers are not blocked and each bundle's copy holds every item acknowledged "
-    "before this request. `all=true`: every bundle folder of the data dir (during a rollout, "
+    description="SQLite's `VACUUM INTO` on a connection of its own per bundle (items, kept "
+    "inputs), then the vectors file's rows those items reach: writers are not blocked and each "
+    "bundle's copy holds every item acknowledged before this request. `all=true`: every bundle folder of the data dir (during a rollout, "
     "both). Download it from `GET /v1/admin/snapshots/{name}`; restore with "
     "`python -m service.restore FILE`.",
 )
@@ -142,10 +142,13 @@ async def snapshot(
     else:
         folders = {runtime.bundle_id: runtime.index.root}
     label = "all" if every else runtime.bundle_id[:12]
-    made = await asyncio.to_thread(
-        snapshots.create, folders, settings.data_dir / SNAPSHOTS, label,
-        settings.min_free_bytes, settings.snapshot_keep,
-    )  # fmt: skip
+    try:
+        made = await asyncio.to_thread(
+            snapshots.create, folders, settings.data_dir / SNAPSHOTS, label,
+            settings.min_free_bytes, settings.snapshot_keep,
+        )  # fmt: skip
+    except snapshots.SnapshotError as exc:  # a folder it cannot copy (one-line reason)
+        raise APIError(409, "snapshot_failed", str(exc)) from exc
     return {"name": made.path.name, "model": runtime.bundle_id, "bundles": made.bundles,
             "items": made.items, "bytes": made.bytes,
             "seconds": round(made.seconds, 3)}  # fmt: skip

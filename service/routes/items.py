@@ -23,6 +23,7 @@ from service.encoding import encode_rows
 from service.engine import ALL_EXITS, gallery_graph, gallery_rows
 from service.errors import APIError
 from service.index.cursors import MAX_CURSOR
+from service.index.ids import ID_RULE, MAX_ID, valid_id
 from service.jsonio import dumps_canonical, loads_field, nesting_depth
 from service.rollout import mirrored
 from service.routes.common import read_payload, run_batched, scan
@@ -31,13 +32,8 @@ from service.settings import Settings
 
 router = APIRouter(tags=["items"])
 ROUTE = "items"
-MAX_ID = 256
 MAX_PAGE = 1000
 MAX_FILTER_QUERY = 16384  # characters of a listing's filter (within SDSSL_MAX_HEADER_BYTES)
-ID_RULE = (
-    f"1..{MAX_ID} printable characters, without '/' or '\\', and not '.' or '..' "
-    "(URL clients rewrite those)"
-)
 ItemId = Path(
     min_length=1, max_length=MAX_ID, description="the client's item id", examples=["cat-1"]
 )
@@ -49,17 +45,6 @@ OPTIONS = {
         "description": "optional: one JSON document per image (multipart: as JSON text)",
     },
 }
-
-
-def valid_id(item_id: str) -> bool:
-    """Whether every route can address ``item_id`` in a URL path (see ID_RULE)."""
-    return (
-        0 < len(item_id) <= MAX_ID
-        and item_id.isprintable()
-        and "/" not in item_id
-        and "\\" not in item_id
-        and item_id not in (".", "..")
-    )
 
 
 def _ids(raw: object, n: int) -> list[str]:

@@ -83,7 +83,7 @@ def with_database(good: dict[str, bytes], bid: str, change, tmp: Path) -> dict[s
     info = json.loads(good["snapshot.json"])
     info["files"][f"{bid}/items.sqlite"] = {"bytes": len(data),
                                             "sha256": hashlib.sha256(data).hexdigest()}  # fmt: skip
-    return {"snapshot.json": json.dumps(info).encode(), f"{bid}/items.sqlite": data}
+    return {**good, "snapshot.json": json.dumps(info).encode(), f"{bid}/items.sqlite": data}
 
 
 class Zeros(io.RawIOBase):
@@ -167,9 +167,9 @@ def test_free_space_is_checked_before_writing(made) -> None:
         (lambda db: db.execute("CREATE VIEW v AS SELECT * FROM items"), "view v"),
         (lambda db: db.execute("CREATE TABLE extra (x)"), "table extra"),
         (lambda db: db.execute("CREATE INDEX by_meta ON items (metadata)"), "index by_meta"),
-        (
-            lambda db: db.execute("UPDATE vectors SET data = x'00' WHERE num_id = 3"),
-            "vectors of the wrong size",
+        (  # a number no vectors-file row can have
+            lambda db: db.execute("UPDATE items SET num_id = -5 WHERE num_id = 3"),
+            "without a positive number",
         ),
         (
             lambda db: db.execute("UPDATE items SET metadata = '{not json' WHERE num_id = 2"),
@@ -211,7 +211,7 @@ def test_free_space_is_checked_before_writing(made) -> None:
         "view",
         "table",
         "index",
-        "vector-size",
+        "num-id-negative",
         "bad-json",
         "owner",
         "next-id",
@@ -226,6 +226,22 @@ def test_a_database_that_is_not_exactly_ours_is_refused(made, tmp_path, change, 
     root, bid = made
     files = with_database(members(root / "good.tar"), bid, change, tmp_path)
     refused(made, write_tar(tmp_path / "evil.tar", files), why)
+
+
+@pytest.mark.parametrize(
+    ("cut", "why"), [(64, "its items need"), (1, "not whole rows")], ids=["a-row-short", "odd"]
+)
+def test_a_vectors_file_short_of_its_items_is_refused(made, tmp_path, cut, why) -> None:
+    """The vectors file must hold a row for every item of its database (its manifest entry
+    updated to match, as an attacker who knows the format would)."""
+    root, bid = made
+    good = members(root / "good.tar")
+    name = f"{bid}/vectors.f16"
+    data = good[name][:-cut]
+    info = json.loads(good["snapshot.json"])
+    info["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    files = {**good, "snapshot.json": json.dumps(info).encode(), name: data}
+    refused(made, write_tar(tmp_path / "short.tar", files), why)
 
 
 @pytest.mark.parametrize(

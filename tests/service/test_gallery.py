@@ -40,7 +40,7 @@ def test_items_of_a_bundle_without_its_gallery_exit_are_embedded_by_the_all_exit
         for i in range(5):
             got = c.get(f"/v1/items/g-{i}", params={"vector": "true"}).json()
             assert got["exit_depth"] == 4
-            assert np.abs(np.array(got["vector"]) - want[3, i]).max() < 1e-5
+            assert np.abs(np.array(got["vector"]) - want[3, i]).max() < 1e-3  # stored as float16
         hit = c.post("/v1/search", json={"vector": want[3, 2].tolist(), "k": 1}).json()
         assert hit["results"][0]["id"] == "g-2" and hit["gallery_depth"] == 4
         by_image = c.post("/v1/search", files=[("image", ("q.png", blobs[2], "image/png"))],

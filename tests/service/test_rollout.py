@@ -175,7 +175,7 @@ def test_rollout_under_load_survives_kill9_and_loses_nothing(
         for item in sorted(expected):
             vector = idx.vector(item)  # noise images can embed close together: top 10
             hits = idx.search(vector[None], 10)[0]
-            assert item in {h.id for h in hits if h.score > 0.9999}, item
+            assert item in {h.id for h in hits if h.score > 0.999}, item  # float16 rows
     finally:
         idx.close()
     old = ItemIndex(data / a_id, a_id, DEPTH, 32)

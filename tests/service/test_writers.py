@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from export.manifest import bundle_id
+from service.index.vector_file import VectorFile
 from tests.service.conftest import digit_png
 from tests.service.server import Server
 
@@ -74,15 +75,17 @@ def test_a_faiss_sqlite_mismatch_is_rebuilt_from_sqlite_at_start(tiny_bundle, tm
             assert add(c, f"m-{i}", digit_png(i)).status_code == 200
     s.stop()  # a clean stop: a FAISS snapshot holding all six
     # What a second writer used to leave behind: an item SQLite holds and FAISS never saw.
-    db = sqlite3.connect(tmp_path / "data" / bundle_id(tiny_bundle) / "items.sqlite")
+    folder = tmp_path / "data" / bundle_id(tiny_bundle)
+    db = sqlite3.connect(folder / "items.sqlite")
+    (num_id,) = db.execute("SELECT num_id FROM items WHERE id = 'm-3'").fetchone()
+    rows = VectorFile(folder, 32)
+    rows.write(1000, rows.read(np.array([num_id])))  # the ghost's row: m-3's vector
+    rows.sync()
+    rows.close()
     with db:
-        (blob,) = db.execute(
-            "SELECT data FROM vectors JOIN items USING (num_id) WHERE id = 'm-3'"
-        ).fetchone()
         db.execute("INSERT INTO items VALUES ('ghost', 1000, 'null', 0)")
-        db.execute("INSERT INTO vectors VALUES (1000, ?)", (blob,))
+        db.execute("UPDATE meta SET value = '1001' WHERE key = 'next_num_id'")
     db.close()
-    assert np.frombuffer(blob, np.float32).size == 32  # one vector per item: the gallery's
     s.start()
     try:
         with s.client() as c:
