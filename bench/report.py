@@ -46,6 +46,9 @@ def main() -> None:
         ("Server memory with 100k items", ["bench.memory"]),
         ("Index lifecycle: rollout and snapshots",
          ["bench.collection", "--snapshot-items", "20000" if args.quick else "100000"]),
+        ("Bridged queries against one gallery", ["bench.bridges"]),
+        ("One gallery at scale through HTTP",
+         ["bench.scale", "--items", "100000" if args.quick else "1000000"]),
     ]  # fmt: skip
     lines = [f"# Benchmarks, {day}", "", f"Machine: {machine()} (no GPU); `make bench`", ""]
     for title, cmd in jobs:

@@ -14,7 +14,7 @@ ready: the saved index is loaded, not rebuilt), recall@10 of HTTP searches (held
 ``k=10``, ``metadata=false``) against exact search over the stored vectors, search latency
 p50/p99 at concurrency 1 and 8, the server's RSS, and bytes per item on disk.
 
-    python -m bench.scale --items 1000000 [--factory IVF1024,PQ32] [--nprobe 16] [--rerank 4]
+    python -m bench.scale --items 1000000 [--factory IVF1024,PQ64] [--nprobe 16] [--rerank 16]
 """
 
 from __future__ import annotations
@@ -244,9 +244,9 @@ def report(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=1_000_000)
-    ap.add_argument("--factory", default="IVF1024,PQ32")
+    ap.add_argument("--factory", default="IVF1024,PQ64")
     ap.add_argument("--nprobe", type=int, default=16)
-    ap.add_argument("--rerank", type=int, default=4)
+    ap.add_argument("--rerank", type=int, default=16)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     ap.add_argument("--work", type=Path, default=None, help="keep the data here (default: tmp)")

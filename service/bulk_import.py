@@ -34,7 +34,7 @@ def bulk_import(
     manifest = load_verified(bundle)
     rows = open_source(source)  # refused before the index is opened
     index = open_index(settings.model_copy(update={"data_dir": data_dir}), manifest,
-                       bundle_id(bundle))  # fmt: skip
+                       bundle_id(bundle), background=False)  # fmt: skip
     counts = Counts()
     try:
         write(index, batches(rows, manifest.model.dim, settings, counts, batch_size), len(rows),

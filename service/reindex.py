@@ -62,7 +62,7 @@ def reindex(
     settings = settings or Settings()
     manifest = load_verified(bundle)
     here = settings.model_copy(update={"data_dir": data_dir})
-    index = open_index(here, manifest, bundle_id(bundle))
+    index = open_index(here, manifest, bundle_id(bundle), background=False)
     try:
         engine = Engine(bundle, manifest, settings.device, settings.threads)
     except BaseException:

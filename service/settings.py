@@ -109,7 +109,7 @@ class Settings(BaseSettings):
         16, ge=1, le=65536, description="IVF indexes: lists a search visits (recall vs time)"
     )
     rerank: int = Field(
-        4,
+        16,
         ge=1,
         le=64,
         description="approximate indexes: a search takes k x this many candidates from FAISS "

@@ -43,9 +43,14 @@ HIT_BYTES = 64  # a hit's JSON besides its id and metadata: keys, score, punctua
 
 
 def open_index(
-    settings: Settings, manifest: Manifest, bundle_id: str, use_gpu: bool = False
+    settings: Settings,
+    manifest: Manifest,
+    bundle_id: str,
+    use_gpu: bool = False,
+    background: bool = True,
 ) -> ItemIndex:
-    """The index of a bundle in ``settings.data_dir``, as the server and every tool open it."""
+    """The index of a bundle in ``settings.data_dir``, as the server and every tool open it
+    (offline tools build a new index type in place: ``background=False``)."""
     return ItemIndex(
         settings.data_dir / bundle_id,
         bundle_id,
@@ -59,6 +64,7 @@ def open_index(
         filter_timeout_s=settings.filter_timeout_s,
         nprobe=settings.nprobe,
         rerank=settings.rerank,
+        background=background,
     )
 
 
@@ -89,12 +95,17 @@ class ItemIndex:
         max_filter_work: int = 10**12,
         filter_timeout_s: float = 3600.0,
         nprobe: int = 16,
-        rerank: int = 4,
+        rerank: int = 16,
+        background: bool = True,
     ) -> None:
         self.root, self.bundle_id = root, bundle_id
         self.max_filter_work, self.filter_timeout_s = max_filter_work, filter_timeout_s
         self.gallery_depth, self.dim = gallery_depth, dim
         self.snapshot_every, self.rerank = snapshot_every, rerank
+        self.background = background  # train a new index type on a thread while reads go on
+        self._building: threading.Thread | None = None
+        self._closed = False
+        self._vector_args = (root, dim, factory, use_gpu, nprobe)
         self._lock = threading.RLock()
         self._changes = 0
         root.mkdir(parents=True, exist_ok=True)
@@ -152,6 +163,10 @@ class ItemIndex:
     def _replay(self, after: int) -> int:
         """Apply the log's changes after ``after`` in order, a run of one kind at a time."""
         rows = self.store.changes_after(after)
+        self._apply(self.vectors, rows)
+        return len(rows)
+
+    def _apply(self, vectors: GalleryVectors, rows: list[tuple[str, int]]) -> None:
         start = 0
         while start < len(rows):
             op, end = rows[start][0], start
@@ -159,11 +174,10 @@ class ItemIndex:
                 end += 1
             ids = np.array([n for _, n in rows[start:end]], dtype=np.int64)
             if op == "del":
-                self.vectors.remove(ids)
+                vectors.remove(ids)
             else:  # a row stays in the vectors file after its item is deleted (a later "del")
-                self.vectors.add(ids, self.store.vectors_of(ids))
+                vectors.add(ids, self.store.vectors_of(ids))
             start = end
-        return len(rows)
 
     def _rebuild(self) -> None:
         needs_sample = self.vectors.active != "Flat" and self.vectors.min_train > 0
@@ -367,8 +381,11 @@ class ItemIndex:
         return compiled
 
     def count(self, filter: Any = None) -> int:
-        """Items, or those a metadata filter selects (a scan that holds no lock)."""
+        """Items — the kept count, no scan (a COUNT(*) of 10 M rows takes about a second) — or
+        those a metadata filter selects (a scan that holds no lock)."""
         compiled = self.compile(filter)
+        if not compiled.conditions:
+            return self.size()
         with self._scanning(compiled) as reader:
             return reader.count(compiled.where, compiled.params)
 
@@ -534,12 +551,19 @@ class ItemIndex:
                         self.root.name[:12], exc)  # fmt: skip
 
     def snapshot(self) -> None:
-        """Persist the index atomically, tagged with the change-log position it contains."""
+        """Persist the index atomically, tagged with the change-log position it contains. Past
+        the configured factory's training size, the exact index is replaced by it: trained on
+        a thread of its own while reads and writes go on (``background``), or here."""
         with self._lock:
             v = self.vectors
+            if self._building is not None:
+                return  # the log must keep what the build will catch up with
             if v.active != v.factory and self.store.count() >= v.min_train:
                 log.info("index %s: %d items, switching to %s", self.root.name[:12],
                          self.store.count(), v.factory)  # fmt: skip
+                if self.background:
+                    self._switch_in_background()
+                    return
                 v.active = v.factory
                 self._rebuild()
             elif v.stale:
@@ -551,8 +575,48 @@ class ItemIndex:
             self.store.mark_snapshot(seq)
             self._changes = 0
 
+    def _switch_in_background(self) -> None:
+        """Start training the configured factory on a sample of the stored vectors and
+        filling it with the items as of now; :meth:`_build` catches up and swaps."""
+        seq, ids = self.store.last_seq(), self.store.num_ids()
+        sample = self.store.sample_vectors(max(100_000, self.vectors.min_train))
+        self._building = threading.Thread(target=self._build, args=(seq, ids, sample),
+                                          name="index-build", daemon=True)  # fmt: skip
+        self._building.start()
+
+    def _build(self, seq: int, ids: np.ndarray, sample: np.ndarray) -> None:
+        started = time.perf_counter()
+        try:
+            new = GalleryVectors(*self._vector_args)
+            new.active = new.factory
+            step = 65536
+            new.rebuild(sample, ((ids[i : i + step], self.store.vectors_of(ids[i : i + step]))
+                                 for i in range(0, len(ids), step)))  # fmt: skip
+            with self._lock:
+                if self._closed:
+                    return
+                caught_up = self.store.changes_after(seq)  # written while it was built
+                self._apply(new, caught_up)
+                self.vectors, self._building = new, None
+                log.info("index %s: now %s (%d items; built in %.1f s beside the exact index, "
+                         "%d changes caught up)", self.root.name[:12], new.active, len(ids),
+                         time.perf_counter() - started, len(caught_up))  # fmt: skip
+                self._safe_snapshot()
+        except Exception as exc:  # the exact index keeps serving; the next snapshot tries again
+            log.warning("index %s: building %s failed (%r); the exact index keeps serving",
+                        self.root.name[:12], self.vectors.factory, exc)  # fmt: skip
+            with self._lock:
+                self._building = None
+
+    def wait_built(self, timeout: float = 600.0) -> None:
+        """Wait for a background switch of index type to finish (tests and tools)."""
+        thread = self._building
+        if thread is not None:
+            thread.join(timeout)
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True  # a build in progress is dropped, not swapped in
             try:
                 if self._changes:
                     self._safe_snapshot()

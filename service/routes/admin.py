@@ -125,9 +125,9 @@ async def reload(
     summary="Write a consistent snapshot of the served bundle's items, or of every bundle's",
     description="SQLite's `VACUUM INTO` on a connection of its own per bundle (items, kept "
     "inputs), then the vectors file's rows those items reach: writers are not blocked and each "
-    "bundle's copy holds every item acknowledged before this request. `all=true`: every bundle folder of the data dir (during a rollout, "
-    "both). Download it from `GET /v1/admin/snapshots/{name}`; restore with "
-    "`python -m service.restore FILE`.",
+    "bundle's copy holds every item acknowledged before this request. `all=true`: every "
+    "bundle folder of the data dir (during a rollout, both). Download it from "
+    "`GET /v1/admin/snapshots/{name}`; restore with `python -m service.restore FILE`.",
 )
 async def snapshot(
     _: AuthDep,

@@ -43,6 +43,7 @@ def test_ivf_serves_exact_until_trainable_then_switches(tmp_path) -> None:
     idx.upsert(["first"], [None], v[:1])
     assert idx.search(v[:1], 1)[0][0].id == "first"
     idx.upsert([f"x{i}" for i in range(1, 300)], [None] * 299, v[1:])
+    idx.wait_built()  # trained on a thread of its own (see the next tests)
     assert idx.active_factory == "IVF4,Flat" and idx.consistency()["consistent"]
     idx.close()
     again = ItemIndex(tmp_path, BID, 3, 16, factory="IVF4,Flat")
@@ -118,6 +119,7 @@ def test_pq_candidates_are_reranked_exactly_from_the_stored_vectors(tmp_path) ->
                         rerank=rerank, snapshot_every=10**6)  # fmt: skip
         idx.upsert([f"p{i}" for i in range(4000)], [None] * 4000, v)
         idx.snapshot()  # 4000 items: enough to train; the index switches to IVF8,PQ8
+        idx.wait_built()
         assert idx.active_factory == "IVF8,PQ8"
         hits = idx.search(q, 10, metadata=False)
         found = [[int(h.id[1:]) for h in row] for row in hits]
@@ -137,6 +139,8 @@ def test_a_restart_loads_the_saved_index_instead_of_rebuilding(tmp_path) -> None
     v = clustered(3000)
     idx = ItemIndex(tmp_path, BID, 3, 32, factory="IVF8,Flat", snapshot_every=10**6)
     idx.upsert([f"s{i}" for i in range(3000)], [None] * 3000, v)
+    idx.snapshot()
+    idx.wait_built()
     idx.close()  # the close persists a snapshot
     again = ItemIndex(tmp_path, BID, 3, 32, factory="IVF8,Flat")
     assert again.loaded.startswith("snapshot at change") and again.active_factory == "IVF8,Flat"
@@ -155,6 +159,7 @@ def test_factories_that_wrap_an_ivf_keep_their_ids(tmp_path) -> None:
     idx = ItemIndex(tmp_path, BID, 3, 32, factory="IVF8,Flat,RFlat", snapshot_every=10**6)
     idx.upsert([f"f{i}" for i in range(3000)], [None] * 3000, v)
     idx.snapshot()
+    idx.wait_built()
     assert idx.active_factory == "IVF8,Flat,RFlat" and idx.consistency()["consistent"]
     assert idx.search(v[42:43], 1)[0][0].id == "f42"
     idx.close()
@@ -201,3 +206,26 @@ def test_a_batch_that_repeats_an_id_keeps_its_last_row(tmp_path) -> None:
     assert counts.imported == 2 and idx.get("a")["metadata"] == 3
     assert np.array_equal(idx.vector("a"), v[2])
     idx.close()
+
+
+def test_a_new_index_type_is_trained_beside_the_exact_one_while_writes_go_on(tmp_path) -> None:
+    """Past its training size the configured factory is built on a thread of its own; the
+    exact index answers meanwhile, and writes made during the build are caught up."""
+    v = clustered(3000)
+    idx = ItemIndex(tmp_path, BID, 3, 32, factory="IVF8,Flat", snapshot_every=10**6)
+    idx.upsert([f"w{i}" for i in range(2000)], [None] * 2000, v[:2000])
+    idx.snapshot()  # starts the build and returns
+    idx.upsert([f"w{i}" for i in range(2000, 3000)], [None] * 1000, v[2000:])  # meanwhile
+    assert idx.search(v[2500:2501], 1)[0][0].id == "w2500"
+    assert idx.delete("w5")
+    idx.wait_built()
+    assert idx.active_factory == "IVF8,Flat"
+    state = idx.consistency()
+    assert state["consistent"] and state["items"] == 2999, state
+    assert idx.search(v[2999:3000], 1)[0][0].id == "w2999"
+    assert "w5" not in {h.id for h in idx.search(v[5:6], 5)[0]}
+    idx.close()
+    again = ItemIndex(tmp_path, BID, 3, 32, factory="IVF8,Flat")
+    assert again.loaded.startswith("snapshot") and again.active_factory == "IVF8,Flat"
+    assert again.count() == 2999 and again.consistency()["consistent"]
+    again.close()
