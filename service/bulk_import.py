@@ -1,10 +1,11 @@
 """``python -m service.bulk_import BUNDLE SOURCE``: load precomputed vectors into a bundle's
 gallery, offline (no server; the index's writer lock refuses it while a server writes it).
 
-SOURCE is a folder with ``vectors.npy`` ([N, D] float32/float16 in the gallery's space, as
-``/v1/embeddings`` answers), ``ids.txt`` or ``ids.npy`` and optionally ``metadata.jsonl`` — or one
-``.npz`` with the arrays ``vectors``, ``ids`` and optionally ``metadata``. Items loaded this way
-keep no input image: a rollout lists them as needing re-upload.
+SOURCE is a folder with vectors.npy ([N, D] float32/float16 in the gallery's space, as
+/v1/embeddings answers), ids.txt (one id per line) or ids.npy, and optionally metadata.jsonl
+(one JSON document per line) — or one .npz with the arrays vectors, ids and optionally
+metadata. Rows are checked as the API checks them; a refused row is skipped and counted. Items
+loaded this way keep no input image: a rollout lists them as needing re-upload.
 """
 
 from __future__ import annotations
