@@ -38,6 +38,7 @@ from service.jsonio import dumps_canonical, loads_stored
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+BUILD_RETRY_S = 600  # after a failed background build of a new index type
 FULL_CHECK = 1_000_000  # up to this many items the id sets are compared at load, else counts
 HIT_BYTES = 64  # a hit's JSON besides its id and metadata: keys, score, punctuation
 
@@ -104,6 +105,7 @@ class ItemIndex:
         self.snapshot_every, self.rerank = snapshot_every, rerank
         self.background = background  # train a new index type on a thread while reads go on
         self._building: threading.Thread | None = None
+        self._retry_build_at = 0.0  # after a failed build, not before this (monotonic)
         self._closed = False
         self._vector_args = (root, dim, factory, use_gpu, nprobe)
         self._lock = threading.RLock()
@@ -558,14 +560,17 @@ class ItemIndex:
             v = self.vectors
             if self._building is not None:
                 return  # the log must keep what the build will catch up with
-            if v.active != v.factory and self.store.count() >= v.min_train:
-                log.info("index %s: %d items, switching to %s", self.root.name[:12],
-                         self.store.count(), v.factory)  # fmt: skip
-                if self.background:
-                    self._switch_in_background()
-                    return
-                v.active = v.factory
-                self._rebuild()
+            if v.active != v.factory and self._items >= v.min_train:
+                if self._closed or (self.background and time.monotonic() < self._retry_build_at):
+                    pass  # closing, or a build failed lately: the exact index is snapshotted
+                else:
+                    log.info("index %s: %d items, switching to %s", self.root.name[:12],
+                             self._items, v.factory)  # fmt: skip
+                    if self.background:
+                        self._switch_in_background()
+                        return
+                    v.active = v.factory
+                    self._rebuild()
             elif v.stale:
                 self._rebuild()
             else:
@@ -580,9 +585,10 @@ class ItemIndex:
         filling it with the items as of now; :meth:`_build` catches up and swaps."""
         seq, ids = self.store.last_seq(), self.store.num_ids()
         sample = self.store.sample_vectors(max(100_000, self.vectors.min_train))
-        self._building = threading.Thread(target=self._build, args=(seq, ids, sample),
-                                          name="index-build", daemon=True)  # fmt: skip
-        self._building.start()
+        thread = threading.Thread(target=self._build, args=(seq, ids, sample),
+                                  name="index-build", daemon=True)  # fmt: skip
+        thread.start()  # if it cannot start, nothing is left marked as building
+        self._building = thread
 
     def _build(self, seq: int, ids: np.ndarray, sample: np.ndarray) -> None:
         started = time.perf_counter()
@@ -602,11 +608,15 @@ class ItemIndex:
                          "%d changes caught up)", self.root.name[:12], new.active, len(ids),
                          time.perf_counter() - started, len(caught_up))  # fmt: skip
                 self._safe_snapshot()
-        except Exception as exc:  # the exact index keeps serving; the next snapshot tries again
-            log.warning("index %s: building %s failed (%r); the exact index keeps serving",
-                        self.root.name[:12], self.vectors.factory, exc)  # fmt: skip
+        except Exception as exc:  # the exact index keeps serving; a later snapshot tries again
             with self._lock:
                 self._building = None
+                if self._closed:  # closed under it: the restart replays the log
+                    return
+                self._changes, self._retry_build_at = 0, time.monotonic() + BUILD_RETRY_S
+            log.warning("index %s: building %s failed (%r); the exact index keeps serving, "
+                        "another try in %d s", self.root.name[:12], self.vectors.factory, exc,
+                        BUILD_RETRY_S)  # fmt: skip
 
     def wait_built(self, timeout: float = 600.0) -> None:
         """Wait for a background switch of index type to finish (tests and tools)."""
