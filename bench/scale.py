@@ -15,6 +15,7 @@ ready: the saved index is loaded, not rebuilt), recall@10 of HTTP searches (held
 p50/p99 at concurrency 1 and 8, the server's RSS, and bytes per item on disk.
 
     python -m bench.scale --items 1000000 [--factory IVF1024,PQ64] [--nprobe 16] [--rerank 16]
+    python -m bench.scale --sweep --items 10000000 --factory IVF4096,PQ32   # FAISS alone
 """
 
 from __future__ import annotations
@@ -249,6 +250,39 @@ def report(r: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep(args: argparse.Namespace) -> str:
+    """FAISS alone, no server: recall@10 of the factory against exact search, per nprobe and
+    re-rank depth (candidates = 10 x re-rank, ordered by exact cosine), and ms per query —
+    how the served configuration was chosen."""
+    mix = Mixture(real_embeddings(args.bundle))
+    rng = np.random.default_rng(1)
+    x = np.concatenate([mix.draw(min(500_000, args.items - s), rng)
+                        for s in range(0, args.items, 500_000)]).astype(np.float16)  # fmt: skip
+    q = mix.draw(args.queries, np.random.default_rng(2)).astype(np.float32)
+    truth = exact_top(x, q)
+    index = faiss.index_factory(x.shape[1], args.factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.extract_index_ivf(index)
+    train = np.random.default_rng(0).choice(len(x), min(len(x), max(100_000, 39 * ivf.nlist)),
+                                            replace=False)  # fmt: skip
+    index.train(x[np.sort(train)].astype(np.float32))
+    for start in range(0, len(x), 500_000):
+        index.add(x[start : start + 500_000].astype(np.float32))
+    lines = [f"{args.items:,} vectors, {args.factory}, {args.queries} queries (FAISS alone)", "",
+             "| nprobe | re-rank | recall@10 | ms / query |", "|---:|---:|---:|---:|"]  # fmt: skip
+    for nprobe in args.sweep_nprobe:
+        ivf.nprobe = nprobe
+        for rerank in args.sweep_rerank:
+            started = time.perf_counter()
+            _, cand = index.search(q, 10 * rerank)
+            exact = np.einsum("qd,qcd->qc", q, x[np.maximum(cand, 0)].astype(np.float32))
+            order = np.argsort(-np.where(cand >= 0, exact, -np.inf), axis=1)[:, :10]
+            found = np.take_along_axis(cand, order, 1)
+            ms = 1000 * (time.perf_counter() - started) / len(q)
+            recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth, strict=True)])
+            lines.append(f"| {nprobe} | {rerank} | {recall:.3f} | {ms:.2f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--items", type=int, default=1_000_000)
@@ -259,8 +293,18 @@ def main() -> None:
     ap.add_argument("--bundle", type=Path, default=DEFAULT_BUNDLE)
     ap.add_argument("--work", type=Path, default=None, help="keep the data here (default: tmp)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    ap.add_argument("--sweep", action="store_true",
+                    help="FAISS alone (no import, no server): recall and time per nprobe and "
+                    "re-rank depth for --factory (an IVF factory)")  # fmt: skip
+    ap.add_argument("--sweep-nprobe", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[16, 48], help="default 16,48")  # fmt: skip
+    ap.add_argument("--sweep-rerank", type=lambda v: [int(x) for x in v.split(",")],
+                    default=[1, 16, 32, 64], help="default 1,16,32,64")  # fmt: skip
     args = ap.parse_args()
     print(f"machine: {machine()}")
+    if args.sweep:
+        print(sweep(args))
+        return
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=args.work) as tmp:
         r = run(args, Path(tmp))
     print(report(r))

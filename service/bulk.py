@@ -33,7 +33,7 @@ import numpy as np
 from service.errors import APIError
 from service.index import ItemIndex
 from service.index.ids import ID_RULE, valid_id
-from service.jsonio import dumps_canonical, loads_strict, nesting_depth
+from service.jsonio import loads_strict, metadata_problem
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -158,15 +158,8 @@ def _metadata(text: str | None, settings: Settings) -> tuple[Any, str | None]:
         doc = loads_strict(text, "metadata")
     except APIError as exc:
         return None, exc.message
-    if nesting_depth(doc) > settings.max_metadata_depth:
-        return None, f"metadata nested deeper than {settings.max_metadata_depth} levels"
-    try:
-        size = len(dumps_canonical(doc).encode())
-    except ValueError:
-        return None, "metadata not encodable as UTF-8 JSON"
-    if size > settings.max_metadata_bytes:
-        return None, f"metadata of {size} bytes (limit {settings.max_metadata_bytes})"
-    return doc, None
+    why = metadata_problem(doc, settings.max_metadata_depth, settings.max_metadata_bytes)
+    return (None, f"metadata {why}") if why is not None else (doc, None)
 
 
 def batches(

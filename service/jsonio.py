@@ -88,6 +88,22 @@ def dumps_canonical(value: Any) -> str:
     return text
 
 
+def metadata_problem(doc: Any, max_depth: int, max_bytes: int) -> str | None:
+    """Why a metadata document cannot be stored — the rest of a sentence that begins with
+    its name ("is nested deeper than 16 levels") — or None. The one check the API and bulk
+    imports share (SDSSL_MAX_METADATA_DEPTH / _BYTES)."""
+    if nesting_depth(doc) > max_depth:
+        return f"is nested deeper than {max_depth} levels"
+    try:
+        size = len(dumps_canonical(doc).encode())
+    except ValueError:  # e.g. a lone surrogate from a "\\ud800" escape
+        return "is not encodable as UTF-8 JSON"
+    if size > max_bytes:
+        return (f"is {size} bytes as JSON; the limit is {max_bytes} "
+                "(SDSSL_MAX_METADATA_BYTES)")  # fmt: skip
+    return None
+
+
 def loads_stored(text: str | None) -> Any:
     """Metadata read back from storage. Rows written before validation existed may hold NaN
     (read as null, as the item route always showed them) or lone surrogates (read as U+FFFD):

@@ -10,7 +10,7 @@ checkpoint (``python -m export bridge``) and a fresh export takes the same path.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from export.bridges.evaluate import DepthRetrieval, evaluate_bridges
 from export.bridges.fit import Ridge, fit_ridge, identity
-from export.bridges.fold import fold, is_bridged, raw_name
+from export.bridges.fold import fold, raw_name
 from export.errors import BundleError
 from export.manifest import (
     ALL_EXITS_OUTPUT,
@@ -36,6 +36,7 @@ from export.manifest import (
     file_sha256,
 )
 from export.parity import check_exit, onnx_session
+from training.augment import INTERPOLATION
 from training.data import ImageSource, SubsetImages, load_splits
 from training.errors import DataError
 
@@ -43,11 +44,6 @@ MAX_FIT = 5000
 MAX_GALLERY = 5000
 MAX_QUERIES = 2000
 BATCH = 128
-_INTERPOLATION = {
-    "bilinear": T.InterpolationMode.BILINEAR,
-    "bicubic": T.InterpolationMode.BICUBIC,
-    "nearest": T.InterpolationMode.NEAREST,
-}
 
 
 @dataclass(frozen=True)
@@ -98,7 +94,7 @@ def geometry(pre: Preprocess) -> T.Compose:
     """Evaluation's resize + centre crop, as the manifest states it."""
     return T.Compose(
         [
-            T.Resize(pre.resize, interpolation=_INTERPOLATION[pre.interpolation]),
+            T.Resize(pre.resize, interpolation=INTERPOLATION[pre.interpolation]),
             T.CenterCrop(pre.crop),
         ]
     )
@@ -213,14 +209,7 @@ def fold_graphs(
                     "sha256": sha,
                     "bridge_lambda": bridges[e.exit_depth].lam,
                     "retrieval": Retrieval(
-                        queries=r.queries,
-                        gallery=r.gallery,
-                        knn_same=r.knn_same,
-                        knn_same_se=r.knn_same_se,
-                        knn_bridged=r.knn_bridged,
-                        knn_bridged_se=r.knn_bridged_se,
-                        recall_at_10=r.recall_at_10,
-                        recall_at_10_se=r.recall_at_10_se,
+                        **{k: v for k, v in asdict(r).items() if k != "exit_depth"}
                     ),
                 }
             )
@@ -279,7 +268,3 @@ def describe(fitted: Fitted) -> str:
             f"{r.recall_at_10:.3f} ± {r.recall_at_10_se:.3f} |"
         )
     return "\n".join(lines)
-
-
-def already_bridged(path: Path) -> bool:
-    return is_bridged(onnx.load(str(path), load_external_data=False), ALL_EXITS_OUTPUT)

@@ -119,11 +119,11 @@ class ItemIndex:
             self.storage = Storage(root, self.store.path, min_free_bytes,
                                    (self.store.vectors.path,))  # fmt: skip
             self.vectors = GalleryVectors(root, dim, factory, use_gpu, nprobe)
-            if self.store.count() >= self.vectors.min_train:
+            self._items = self.store.count()  # counted once (a second at 10 M), then kept
+            if self._items >= self.vectors.min_train:
                 self.vectors.active = factory
             started = time.perf_counter()
             how = self.loaded = self._load()
-            self._items = self.store.count()
         except BaseException:
             if hasattr(self, "store"):
                 self.reader.close()
@@ -193,7 +193,7 @@ class ItemIndex:
     def _disagreement(self) -> str | None:
         """Why FAISS and SQLite disagree, or None: the id sets (up to FULL_CHECK items; past
         it, the counts — comparing 10 M ids costs seconds and a gigabyte at every start)."""
-        items = self.store.count()
+        items = self._items
         if items > FULL_CHECK:
             held = self.vectors.size() - self.vectors.stale
             return None if held == items else f"{items} items, {held} vectors indexed"

@@ -24,7 +24,7 @@ from service.engine import ALL_EXITS, gallery_graph, gallery_rows
 from service.errors import APIError
 from service.index.cursors import MAX_CURSOR
 from service.index.ids import ID_RULE, MAX_ID, valid_id
-from service.jsonio import dumps_canonical, loads_field, nesting_depth
+from service.jsonio import loads_field, metadata_problem
 from service.rollout import mirrored
 from service.routes.common import read_payload, run_batched, scan
 from service.schemas import ERRORS, DeletedOut, ItemOut, ItemPage, ItemsOut, image_request_body
@@ -77,25 +77,9 @@ def _metadata(raw: object, n: int, from_text: bool, settings: Settings) -> list[
         for i, m in enumerate(raw)
     ]
     for i, doc in enumerate(docs):
-        if nesting_depth(doc) > settings.max_metadata_depth:
-            raise APIError(
-                422,
-                "invalid_metadata",
-                f"metadata[{i}] is nested deeper than {settings.max_metadata_depth} levels",
-            )
-        try:
-            size = len(dumps_canonical(doc).encode())
-        except ValueError as exc:  # e.g. a lone surrogate from a "\\ud800" escape
-            raise APIError(
-                422, "invalid_metadata", f"metadata[{i}] is not encodable as UTF-8 JSON"
-            ) from exc
-        if size > settings.max_metadata_bytes:
-            raise APIError(
-                422,
-                "invalid_metadata",
-                f"metadata[{i}] is {size} bytes as JSON; the limit is "
-                f"{settings.max_metadata_bytes} (SDSSL_MAX_METADATA_BYTES)",
-            )
+        why = metadata_problem(doc, settings.max_metadata_depth, settings.max_metadata_bytes)
+        if why is not None:
+            raise APIError(422, "invalid_metadata", f"metadata[{i}] {why}")
     return docs
 
 
