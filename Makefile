@@ -25,7 +25,7 @@ LOCKS := docker/requirements-serve.txt docker/requirements-train.txt
 
 $(STAMP): pyproject.toml client/pyproject.toml $(LOCKS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,dev]" \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,parquet,dev]" \
 		-e "./client[images,progress]" $(addprefix -c ,$(LOCKS))
 	@rm -f $(VENV)/.installed-*
 	@touch $@

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from service.decoding import DecodePool
 from service.error_handlers import install_handlers
 from service.errors import Refusal
+from service.imports import Imports
 from service.index.cursors import Cursors
 from service.metrics import Metrics
 from service.middleware import IntakeMiddleware
@@ -46,6 +47,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def load() -> None:
+            try:  # an import a stopped process left running is over: its record says so
+                await app.state.imports.fail_stale()
+            except OSError as exc:
+                log.warning("cannot record the end of an interrupted import: %s", exc)
             try:
                 bundle = await asyncio.to_thread(bundle_to_serve, settings)
                 runtime = await load_runtime(settings, bundle, app.state.metrics)
@@ -69,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.loader = loader  # a reload waits for it: two loads must not race
         yield
         loader.cancel()
+        await app.state.imports.close()
         await app.state.rollouts.close()
         for task in list(app.state.background):
             await task
@@ -95,6 +101,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.cursors = Cursors(settings.data_dir)
     app.state.rollouts = Rollouts(
         settings, app.state.metrics, app.state.holder, app.state.background
+    )
+    app.state.imports = Imports(
+        settings, app.state.metrics, app.state.holder, app.state.rollouts.jobs
     )
     install_handlers(app)
     for router in (embeddings, search, items, model, admin, health):

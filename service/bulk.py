@@ -2,11 +2,14 @@
 (``python -m service.bulk_import``) and for image folders embedded in bulk
 (``python -m service.reindex``).
 
-A source of precomputed vectors is a folder holding ``vectors.npy`` (``[N, D]`` float32 or
-float16, in the gallery's space: what ``/v1/embeddings`` answers; read memory-mapped, so its size
+A source of precomputed vectors is a folder holding ``vectors.npy`` (``[N, D]`` float16, 32
+or 64, in the gallery's space: what ``/v1/embeddings`` answers; read memory-mapped, so its size
 is not bounded by RAM), ``ids.txt`` (one id per line) or ``ids.npy``, and optionally
 ``metadata.jsonl`` (one JSON document per line, ``null`` for none) — or one ``.npz`` holding the
-arrays ``vectors``, ``ids`` and optionally ``metadata`` (JSON text per item).
+arrays ``vectors``, ``ids`` and optionally ``metadata`` (JSON text per item) — or one
+``.parquet`` file with the columns ``id`` (string), ``vector`` (a list of floats, one length
+throughout) and optionally ``metadata`` (JSON text or null), read a record batch at a time
+(it needs pyarrow: the ``parquet`` extra, which the serving image leaves out).
 
 Rows are checked as the API checks them — the id rule, metadata within the size and depth
 limits, finite vectors of the bundle's dimension with a non-zero norm (normalised here) — and a
@@ -23,7 +26,7 @@ import logging
 import sys
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,63 +73,162 @@ class Counts:
             log.warning("skipping %s", what)
 
 
+Chunk = tuple[list[str], np.ndarray, list[str | None]]  # ids, vectors [n, D], metadata texts
+
+
 @dataclass
 class VectorSource:
-    """Rows of precomputed vectors, read a batch at a time."""
+    """Rows of precomputed vectors: ``chunks(size)`` reads them in order, ``size`` at a time."""
 
     name: str
-    vectors: np.ndarray  # [N, D], possibly memory-mapped
-    ids: list[str]
-    metadata: Iterator[str | None]
+    rows: int
+    dim: int
+    chunks: Callable[[int], Iterator[Chunk]]
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.rows
 
 
-def open_source(path: Path) -> VectorSource:
-    """A folder (``vectors.npy``, ``ids.txt``/``ids.npy``, ``metadata.jsonl``) or an ``.npz``."""
+def open_source(path: Path, name: str | None = None) -> VectorSource:
+    """A folder (``vectors.npy``, ``ids.txt``/``ids.npy``, ``metadata.jsonl``), an ``.npz`` or
+    a ``.parquet`` file; ``name`` is how messages call it (default: the path)."""
+    name = name or str(path)
     if path.is_dir():
-        try:
-            vectors = np.load(path / "vectors.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise SourceError(f"{path}: cannot read vectors.npy ({exc})") from None
+        vectors, ids, metadata = _folder(path, name)
+    elif path.suffix == ".npz" and path.is_file():
+        vectors, ids, metadata = _npz(path, name)
+    elif path.suffix == ".parquet" and path.is_file():
+        return _parquet(path, name)
+    else:
+        raise SourceError(f"{name}: neither a folder with vectors.npy nor an .npz or .parquet file")
+    _check_vectors(vectors, name)
+    if len(ids) != len(vectors):
+        raise SourceError(f"{name}: {len(vectors)} vectors but {len(ids)} ids")
+
+    def chunks(size: int) -> Iterator[Chunk]:
+        for start in range(0, len(ids), size):
+            stop = min(start + size, len(ids))
+            yield (ids[start:stop], np.asarray(vectors[start:stop], dtype=np.float32),
+                   list(itertools.islice(metadata, stop - start)))  # fmt: skip
+
+    return VectorSource(name, len(ids), int(vectors.shape[1]), chunks)
+
+
+def _check_vectors(vectors: np.ndarray, name: str) -> None:
+    if vectors.ndim != 2 or vectors.dtype not in (np.float16, np.float32, np.float64):
+        raise SourceError(f"{name}: vectors must be [N, D] floats (16, 32 or 64 bits), not "
+                          f"{vectors.shape} {vectors.dtype}")  # fmt: skip
+
+
+def _folder(path: Path, name: str) -> tuple[np.ndarray, list[str], Iterator[str | None]]:
+    try:
+        vectors = np.load(path / "vectors.npy", mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{name}: cannot read vectors.npy ({_reason(exc)})") from None
+    try:
         if (path / "ids.txt").is_file():
             ids = _text_lines((path / "ids.txt").read_text(encoding="utf-8"))
         elif (path / "ids.npy").is_file():
-            try:
-                ids = _strings(np.load(path / "ids.npy", allow_pickle=False))
-            except (OSError, ValueError) as exc:
-                raise SourceError(f"{path}: cannot read ids.npy ({exc})") from None
+            ids = _strings(np.load(path / "ids.npy", allow_pickle=False))
         else:
-            raise SourceError(f"{path}: no ids.txt or ids.npy beside vectors.npy")
-        meta_path = path / "metadata.jsonl"
-        metadata: Iterator[str | None] = itertools.repeat(None)
-        if meta_path.is_file():
+            raise SourceError(f"{name}: no ids.txt or ids.npy beside vectors.npy")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        raise SourceError(f"{name}: cannot read its ids ({_reason(exc)})") from None
+    meta_path = path / "metadata.jsonl"
+    metadata: Iterator[str | None] = itertools.repeat(None)
+    if meta_path.is_file():
+        try:
             with open(meta_path, encoding="utf-8") as fh:
                 lines = sum(1 for _ in fh)
-            if lines != len(ids):
-                raise SourceError(f"{path}: metadata.jsonl has {lines} lines for {len(ids)} ids")
-            metadata = _lines(meta_path)
-    elif path.suffix == ".npz" and path.is_file():
-        try:
-            arrays = np.load(path, allow_pickle=False)
-            vectors, ids = arrays["vectors"], _strings(arrays["ids"])
-            texts = _strings(arrays["metadata"]) if "metadata" in arrays.files else None
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-            raise SourceError(f"{path}: not an .npz with vectors and ids ({exc})") from None
-        metadata = itertools.repeat(None)
-        if texts is not None:
-            if len(texts) != len(ids):
-                raise SourceError(f"{path}: {len(texts)} metadata for {len(ids)} ids")
-            metadata = (None if m == "" else m for m in texts)
+        except (OSError, ValueError) as exc:
+            raise SourceError(f"{name}: cannot read metadata.jsonl ({_reason(exc)})") from None
+        if lines != len(ids):
+            raise SourceError(f"{name}: metadata.jsonl has {lines} lines for {len(ids)} ids")
+        metadata = _lines(meta_path)
+    return vectors, ids, metadata
+
+
+def _npz(path: Path, name: str) -> tuple[np.ndarray, list[str], Iterator[str | None]]:
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        vectors, ids = arrays["vectors"], _strings(arrays["ids"])
+        texts = _strings(arrays["metadata"]) if "metadata" in arrays.files else None
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise SourceError(f"{name}: not an .npz with vectors and ids ({_reason(exc)})") from None
+    metadata: Iterator[str | None] = itertools.repeat(None)
+    if texts is not None:
+        if len(texts) != len(ids):
+            raise SourceError(f"{name}: {len(texts)} metadata for {len(ids)} ids")
+        metadata = (None if m == "" else m for m in texts)
+    return vectors, ids, metadata
+
+
+PARQUET_EXTRA = "Parquet needs pyarrow: pip install 'sdssl-service[parquet]'"
+
+
+def _parquet(path: Path, name: str) -> VectorSource:
+    """Columns ``id`` (string), ``vector`` (a list of floats, the same length in every
+    row) and optionally ``metadata`` (JSON text or null), read a record batch at a time."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise SourceError(f"{name}: {PARQUET_EXTRA}") from None
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise SourceError(f"{name}: not a Parquet file ({_reason(exc)})") from None
+    schema = pf.schema_arrow
+    missing = [c for c in ("id", "vector") if c not in schema.names]
+    if missing:
+        raise SourceError(f"{name}: no column {missing[0]!r} (columns: id, vector, metadata)")
+    vtype = schema.field("vector").type
+    if not (pa.types.is_list(vtype) or pa.types.is_large_list(vtype)
+            or pa.types.is_fixed_size_list(vtype)) or vtype.value_type not in (
+            pa.float16(), pa.float32(), pa.float64()):  # fmt: skip
+        raise SourceError(f"{name}: column 'vector' must be a list of floats, not "
+                          f"{vtype}")  # fmt: skip
+    if not (pa.types.is_string(schema.field("id").type)
+            or pa.types.is_large_string(schema.field("id").type)):  # fmt: skip
+        raise SourceError(f"{name}: column 'id' must be strings, not {schema.field('id').type}")
+    columns = ["id", "vector"] + (["metadata"] if "metadata" in schema.names else [])
+    if "metadata" in columns and not (
+        pa.types.is_string(schema.field("metadata").type)
+        or pa.types.is_large_string(schema.field("metadata").type)
+    ):
+        raise SourceError(f"{name}: column 'metadata' must be JSON text")  # fmt: skip
+    if pa.types.is_fixed_size_list(vtype):
+        dim = vtype.list_size
     else:
-        raise SourceError(f"{path}: neither a folder with vectors.npy nor an .npz file")
-    if vectors.ndim != 2 or vectors.dtype not in (np.float32, np.float16):
-        raise SourceError(f"{path}: vectors must be [N, D] float32 or float16, not "
-                          f"{vectors.shape} {vectors.dtype}")  # fmt: skip
-    if len(ids) != len(vectors):
-        raise SourceError(f"{path}: {len(vectors)} vectors but {len(ids)} ids")
-    return VectorSource(str(path), vectors, ids, metadata)
+        first = next(pf.iter_batches(batch_size=1, columns=["vector"]), None)
+        value = None if first is None or first.num_rows == 0 else first.column(0)[0]
+        if value is not None and not value.is_valid:
+            raise SourceError(f"{name}: row 0 has no vector")
+        dim = 0 if value is None else len(value)
+
+    def chunks(size: int) -> Iterator[Chunk]:
+        for rb in pf.iter_batches(batch_size=size, columns=columns):
+            vec = rb.column(1)
+            if vec.null_count:
+                raise SourceError(f"{name}: a row has no vector (a null)")
+            lengths = np.diff(vec.offsets.to_numpy()) if hasattr(vec, "offsets") else None
+            if lengths is not None and (lengths != dim).any():
+                raise SourceError(f"{name}: vectors of {int(lengths[lengths != dim][0])} "
+                                  f"and {dim} values in one file")  # fmt: skip
+            flat = vec.flatten().to_numpy(zero_copy_only=False)
+            ids = [("" if x is None else x) for x in rb.column(0).to_pylist()]
+            metadata = rb.column(2).to_pylist() if len(columns) == 3 else [None] * rb.num_rows
+            yield ids, flat.reshape(rb.num_rows, dim).astype(np.float32), metadata
+
+    return VectorSource(name, pf.metadata.num_rows, dim, chunks)
+
+
+def _reason(exc: BaseException) -> str:
+    """A library error's first line, without the path it names (a message may reach a client)."""
+    text = (exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)) or type(
+        exc
+    ).__name__
+    return text.splitlines()[0][:200]
 
 
 def _text_lines(text: str) -> list[str]:
@@ -166,17 +268,15 @@ def batches(
     source: VectorSource, dim: int, settings: Settings, counts: Counts, size: int = BATCH
 ) -> Iterator[Batch]:
     """The source's valid rows, ``size`` at a time; refused rows are counted in ``counts``."""
-    for start in range(0, len(source), size):
-        stop = min(start + size, len(source))
-        rows = np.asarray(source.vectors[start:stop], dtype=np.float32)
-        if rows.shape[1] != dim:
-            raise SourceError(f"{source.name}: vectors have {rows.shape[1]} values; the "
-                              f"bundle's have {dim}")  # fmt: skip
+    if source.rows and source.dim != dim:
+        raise SourceError(f"{source.name}: vectors have {source.dim} values; the bundle's "
+                          f"have {dim}")  # fmt: skip
+    start = 0
+    for ids, rows, texts in source.chunks(size):
         norms = np.linalg.norm(rows, axis=1)
         good = np.isfinite(rows).all(axis=1) & np.isfinite(norms) & (norms > 0)
         kept: dict[str, tuple[Any, np.ndarray]] = {}  # a repeated id: the later row wins
-        texts = list(itertools.islice(source.metadata, stop - start))
-        for j, (item_id, text) in enumerate(zip(source.ids[start:stop], texts, strict=True)):
+        for j, (item_id, text) in enumerate(zip(ids, texts, strict=True)):
             where = f"row {start + j}"
             if not valid_id(item_id):
                 counts.refuse(f"{where} ({item_id[:64]!r}): the id is not {ID_RULE}")
@@ -190,9 +290,12 @@ def batches(
                 continue
             kept.pop(item_id, None)
             kept[item_id] = (doc, rows[j] / norms[j])
+        start += len(ids)
         if kept:
             yield Batch(list(kept), [d for d, _ in kept.values()],
                         np.stack([v for _, v in kept.values()]))  # fmt: skip
+        else:
+            yield Batch([], [], np.zeros((0, dim), np.float32))  # progress still moves
 
 
 def _last_of_each(batch: Batch) -> Batch:
@@ -206,6 +309,28 @@ def _last_of_each(batch: Batch) -> Batch:
                  None if batch.inputs is None else [batch.inputs[i] for i in keep])  # fmt: skip
 
 
+def store(index: ItemIndex, batch: Batch, counts: Counts, resume: bool = False) -> int:
+    """Upsert one batch durably (an id repeated within it keeps its last row; ``resume``: ids
+    already stored are skipped and counted); the rows it held."""
+    batch = _last_of_each(batch)
+    rows = len(batch.ids)
+    if resume:
+        present = index.versions(batch.ids)
+        if present:
+            keep = [i for i, item_id in enumerate(batch.ids) if item_id not in present]
+            counts.skipped_existing += len(batch.ids) - len(keep)
+            batch = Batch(
+                [batch.ids[i] for i in keep],
+                [batch.metadata[i] for i in keep],
+                batch.vectors[keep],
+                None if batch.inputs is None else [batch.inputs[i] for i in keep],
+            )
+    if batch.ids:
+        index.upsert(batch.ids, batch.metadata, batch.vectors, batch.inputs)
+        counts.imported += len(batch.ids)
+    return rows
+
+
 def write(
     index: ItemIndex,
     source: Iterable[Batch],
@@ -215,28 +340,12 @@ def write(
     resume: bool = False,
     progress: bool = True,
 ) -> Counts:
-    """Upsert every batch durably (skipping ids already stored when ``resume``: an id repeated
-    in the source then keeps its first row, where a run without it keeps the last); a progress
-    line after each commit says how many rows are stored so far. An id repeated within one
-    batch keeps its last row."""
+    """:func:`store` every batch (``resume``: an id repeated in the source then keeps its first
+    row, where a run without it keeps the last); a progress line after each commit says how
+    many rows are stored so far."""
     started, seen = time.perf_counter(), 0
     for batch in source:
-        batch = _last_of_each(batch)
-        seen += len(batch.ids)
-        if resume:
-            present = index.versions(batch.ids)
-            if present:
-                keep = [i for i, item_id in enumerate(batch.ids) if item_id not in present]
-                counts.skipped_existing += len(batch.ids) - len(keep)
-                batch = Batch(
-                    [batch.ids[i] for i in keep],
-                    [batch.metadata[i] for i in keep],
-                    batch.vectors[keep],
-                    None if batch.inputs is None else [batch.inputs[i] for i in keep],
-                )
-        if batch.ids:
-            index.upsert(batch.ids, batch.metadata, batch.vectors, batch.inputs)
-            counts.imported += len(batch.ids)
+        seen += store(index, batch, counts, resume)
         if progress:
             rate = counts.imported / max(1e-9, time.perf_counter() - started)
             print(f"\r{label}: {counts.imported} stored ({seen + counts.refused}/{total} rows "

@@ -1,12 +1,13 @@
 """``python -m service.bulk_import BUNDLE SOURCE``: load precomputed vectors into a bundle's
-gallery, offline (no server; the index's writer lock refuses it while a server writes it).
+gallery, offline (no server; the index's writer lock refuses it while a server writes it — use
+``POST /v1/admin/import`` then).
 
-SOURCE is a folder with vectors.npy ([N, D] float32/float16 in the gallery's space, as
-/v1/embeddings answers), ids.txt (one id per line) or ids.npy, and optionally metadata.jsonl
-(one JSON document per line) — or one .npz with the arrays vectors, ids and optionally
-metadata. Rows are checked as the API checks them; a refused row is skipped and counted. Items
-loaded this way keep no input image: a rollout lists them as needing re-upload.
-"""
+SOURCE is a folder with vectors.npy ([N, D] floats in the gallery's space, as /v1/embeddings
+answers), ids.txt (one id per line) or ids.npy, and optionally metadata.jsonl (one JSON document
+per line); or one .npz with the arrays vectors, ids and optionally metadata; or one .parquet with
+the columns id, vector (a list of floats) and optionally metadata (JSON text; needs the parquet
+extra). Rows are checked as the API checks them; a refused row is skipped and counted. Items
+loaded this way keep no input image: a rollout lists them as needing re-upload."""
 
 from __future__ import annotations
 
@@ -52,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__.split("\n\n")[1],
     )
     parser.add_argument("bundle", type=Path, help="bundle directory")
-    parser.add_argument("source", type=Path, help="a folder with vectors.npy, or an .npz")
+    parser.add_argument(
+        "source", type=Path, help="a folder with vectors.npy, an .npz or a .parquet"
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="default: SDSSL_DATA_DIR")
     parser.add_argument("--batch-size", type=int, default=BATCH, help=f"default {BATCH}")
     parser.add_argument("--resume", action="store_true",

@@ -15,6 +15,7 @@ from pydantic import SecretStr
 
 from service.decoding import DecodePool
 from service.errors import APIError
+from service.imports import Imports
 from service.inference import Admission
 from service.metrics import Metrics
 from service.rollout import Rollouts
@@ -40,6 +41,10 @@ async def get_holder(request: Request) -> RuntimeHolder:
 
 async def get_rollouts(request: Request) -> Rollouts:
     return request.app.state.rollouts
+
+
+async def get_imports(request: Request) -> Imports:
+    return request.app.state.imports
 
 
 async def get_runtime(request: Request) -> AsyncIterator[Runtime]:
@@ -107,6 +112,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 HolderDep = Annotated[RuntimeHolder, Depends(get_holder)]
 RolloutsDep = Annotated[Rollouts, Depends(get_rollouts)]
+ImportsDep = Annotated[Imports, Depends(get_imports)]
 DecoderDep = Annotated[DecodePool, Depends(get_decoder)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 AuthDep = Annotated[None, Depends(require_api_key)]

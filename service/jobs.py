@@ -21,8 +21,10 @@ JOB_ID = r"^[0-9a-f]{16}$"
 
 @dataclass
 class Job:
-    """A rollout's record. ``cursor`` is the last source item (num_id) re-embedded; items up to
-    ``horizon`` are the job's to copy (later ones were mirrored)."""
+    """A job's record. A rollout (``kind`` rollout): ``cursor`` is the last source item (num_id)
+    re-embedded; items up to ``horizon`` are the job's to copy (later ones were mirrored). An
+    import (``kind`` import, :mod:`service.imports`): ``bundle`` is the bundle written to,
+    ``source`` the source's name in the import folder, ``done`` the rows read."""
 
     bundle: str
     source: str
@@ -43,6 +45,10 @@ class Job:
     removed: int = 0
     missing: list[str] = field(default_factory=list)
     missing_count: int = 0
+    imported: int = 0
+    refused: int = 0
+    reasons: list[str] = field(default_factory=list)
+    resume: bool = False
     seconds: float = 0.0
     error: str | None = None
     created_at: float = field(default_factory=time.time)

@@ -59,6 +59,13 @@ class Metrics:
         self.rollout_failures = Counter(
             "sdssl_rollout_failures", "Rollouts that failed", registry=r
         )
+        self.import_rows = Counter(
+            "sdssl_import_rows",
+            "Rows of POST /v1/admin/import sources: stored, refused (failed the API's checks), "
+            "present (skipped by resume: already stored)",
+            ["outcome"],
+            registry=r,
+        )
         self.reloads = Counter(
             "sdssl_reloads", "Bundle reloads by outcome", ["outcome"], registry=r
         )

@@ -355,6 +355,8 @@ class Rollouts:
         async with self.holder.reload_lock:
             if self.active is not None:
                 raise RolloutError(f"rollout {self.active.job.id} is running")
+            if self.holder.pinned_by is not None:
+                raise RolloutError(f"{self.holder.pinned_by} is running: wait for it or cancel it")
             source = self.holder.current
             if source is None:
                 raise RolloutError("the model is still loading")
@@ -375,7 +377,7 @@ class Rollouts:
         """At start, before serving: pick up the job a previous process left active. The target
         loads here, so the first write is already mirrored."""
         for job in self.jobs.all():
-            if not job.active:
+            if not job.active or job.kind != "rollout":
                 continue
             if job.source != source.bundle_id:
                 job.state, job.error = "failed", "the server restarted with another bundle"

@@ -200,6 +200,9 @@ class RuntimeHolder:
     def __init__(self) -> None:
         self.current: Runtime | None = None
         self.reload_lock = asyncio.Lock()
+        # A job writing into ``current``'s index that a swap would cut off ("import 3f9c…"):
+        # set and read under ``reload_lock``; reloads and rollouts are refused while it is set.
+        self.pinned_by: str | None = None
 
     @property
     def ready(self) -> bool:

@@ -283,28 +283,59 @@ class RolloutIn(BaseModel):
     )
 
 
+class ImportIn(BaseModel):
+    source: str = Field(
+        description="a folder (vectors.npy, ids.txt or ids.npy, metadata.jsonl), an .npz or a "
+        ".parquet (columns id, vector, metadata), as a path relative to the server's import "
+        "folder (SDSSL_IMPORT_DIR)",
+        examples=["catalogue-2026-12"],
+        max_length=4096,
+    )
+    resume: bool = Field(
+        False,
+        description="skip ids already stored (go on after an interrupted import) instead of "
+        "replacing them",
+    )
+    batch: int = Field(10_000, ge=1, le=100_000, description="rows per durable write")
+    pause_ms: float = Field(
+        0.0, ge=0, le=60_000, description="pause between batches, to leave the CPU to requests"
+    )
+
+
 class JobOut(BaseModel):
     id: str = Field(examples=["3f9c0a1b2d4e5f60"])
-    kind: str = Field(examples=["rollout"])
+    kind: str = Field(description="rollout or import", examples=["rollout"])
     state: str = Field(
-        description="loading (the new bundle warms up), copying, ready (complete; writes are "
-        "mirrored until the swap), swapped, failed, cancelled",
+        description="rollout: loading (the new bundle warms up), copying, ready (complete; "
+        "writes are mirrored until the swap), swapped, failed, cancelled; import: loading, "
+        "copying, done, failed, cancelled",
         examples=["copying"],
     )
-    bundle: str = Field(description="the new bundle's path")
-    source: str = Field(description="the bundle id serving when the job began")
+    bundle: str = Field(description="rollout: the new bundle's path; import: the id of the "
+                        "bundle written to")  # fmt: skip
+    source: str = Field(description="rollout: the bundle id serving when the job began; import: "
+                        "the source's name in the import folder")  # fmt: skip
     target: str | None = Field(description="the new bundle's id (null while loading)")
     swap: bool
     batch: int
     pause_ms: float
     cursor: int = Field(description="the last item (insertion number) re-embedded")
-    done: int = Field(description="items the job has visited", examples=[1200])
-    total: int = Field(description="items to visit, as last counted", examples=[5000])
+    done: int = Field(description="items the job has visited (import: rows read)",
+                      examples=[1200])  # fmt: skip
+    total: int = Field(description="items to visit, as last counted (import: the source's rows)",
+                       examples=[5000])  # fmt: skip
     progress: float = Field(description="done / total", examples=[0.24])
-    items_per_s: float | None = Field(description="re-embedding rate so far")
+    items_per_s: float | None = Field(description="items (rows) visited per second so far")
     copied: int = Field(description="items re-embedded from their kept input")
     mirrored: int = Field(description="client writes made during the job, written to both")
-    skipped: int = Field(description="items changed or deleted while the job read them")
+    skipped: int = Field(description="rollout: items changed or deleted while the job read "
+                         "them; import with resume: rows whose id was already stored")  # fmt: skip
+    imported: int = Field(0, description="import: rows stored")
+    refused: int = Field(0, description="import: rows that failed the API's checks (skipped)")
+    reasons: list[str] = Field(
+        default_factory=list, description="import: why rows were refused (the first 20)"
+    )
+    resume: bool = Field(False, description="import: started with resume")
     removed: int = Field(description="items only the new index held (an earlier attempt's)")
     missing: list[str] = Field(
         description="ids without a kept input: re-upload them (the first 1000)"

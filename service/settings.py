@@ -124,6 +124,11 @@ class Settings(BaseSettings):
         description="snapshots (POST /v1/admin/snapshot) kept in the data dir: a new one removes "
         "the oldest beyond this many (0: keep all)",
     )
+    import_dir: Path | None = Field(
+        None,
+        description="the folder POST /v1/admin/import may read sources from (a request names a "
+        "file or folder inside it); imports through the API are off when unset",
+    )
     keep_inputs: bool = Field(
         True,
         description="keep a copy of each added image (lossless PNG, shorter side at most "

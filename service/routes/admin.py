@@ -1,5 +1,6 @@
 """Admin routes: reload (load a bundle beside the served one and swap), rollout jobs (a new
-bundle's indexes built from the kept inputs, then swapped), and snapshots."""
+bundle's indexes built from the kept inputs, then swapped), import jobs (precomputed vectors
+loaded into the served gallery), and snapshots."""
 
 from __future__ import annotations
 
@@ -15,14 +16,24 @@ from fastapi.responses import FileResponse
 
 from export.manifest import bundle_id, load_verified
 from service import snapshots
-from service.deps import AuthDep, HolderDep, MetricsDep, RolloutsDep, RuntimeDep, SettingsDep
+from service.deps import (
+    AuthDep,
+    HolderDep,
+    ImportsDep,
+    MetricsDep,
+    RolloutsDep,
+    RuntimeDep,
+    SettingsDep,
+)
 from service.errors import APIError
-from service.jobs import JOB_ID
+from service.imports import ImportRefused, Imports
+from service.jobs import JOB_ID, Job
 from service.rollout import Rollout, RolloutError, Rollouts, public_reason
 from service.runtime import load_runtime, report_device
 from service.schemas import (
     ERRORS,
     DeletedOut,
+    ImportIn,
     JobOut,
     JobsOut,
     ReloadIn,
@@ -61,6 +72,9 @@ async def reload(
     if request.app.state.rollouts.active is not None:
         raise APIError(409, "rollout_running", "a rollout is running: wait for it or cancel it")
     async with holder.reload_lock:
+        if holder.pinned_by is not None:
+            raise APIError(409, "job_running", f"{holder.pinned_by} is running: wait for it or "
+                           "cancel it")  # fmt: skip
         # Bundles swapped out earlier must have closed (and released their index's writer
         # lock): reloading one of them again would otherwise find its index still locked.
         await request.app.state.rollouts.settled()
@@ -235,16 +249,50 @@ async def start_rollout(body: RolloutIn, _: AuthDep, rollouts: RolloutsDep) -> d
     return job.public()
 
 
+@router.post(
+    "/v1/admin/import",
+    response_model=JobOut,
+    status_code=202,
+    responses={**ERRORS, 409: ERRORS[422]},
+    summary="Load precomputed vectors (.npy folder, .npz, .parquet) into the served gallery",
+    description="Reads `source` from the server's import folder (`SDSSL_IMPORT_DIR`; off when "
+    "unset) and stores its rows in batches, in the background, while reads and writes go on: "
+    "the same checks and write path as `python -m service.bulk_import`. Vectors are in the "
+    "gallery's space (what `/v1/embeddings` answers); a row that fails the API's checks is "
+    "skipped and counted. Each batch is durable once the job's `done` counts it. Follow it at "
+    "`GET /v1/admin/jobs/{id}` (or `sdssl_import_rows` in /metrics); stop it with "
+    "`POST /v1/admin/jobs/{id}/cancel`. One job at a time: reloads and rollouts wait for it. "
+    "Imported items keep no input image: a rollout lists them as needing re-upload.",
+)
+async def start_import(
+    body: ImportIn, request: Request, _: AuthDep, imports: ImportsDep, rollouts: RolloutsDep
+) -> dict:
+    try:
+        job = await imports.start(body.source, body.resume, body.batch, body.pause_ms,
+                                  rollout_running=rollouts.active is not None)  # fmt: skip
+    except ImportRefused as exc:
+        raise APIError(exc.status, exc.code, str(exc)) from exc
+    return job.public()
+
+
+def _live(rollouts: Rollouts, imports: Imports, job: Job) -> Job:
+    """The running job's in-memory record in place of its last saved one."""
+    return imports.get(job.id) or (
+        rollouts.active.job
+        if rollouts.active is not None and rollouts.active.job.id == job.id
+        else job
+    )
+
+
 @router.get(
     "/v1/admin/jobs",
     response_model=JobsOut,
     responses=ERRORS,
-    summary="Every recorded job, newest first",
+    summary="Every recorded job (rollouts and imports), newest first",
 )
-async def list_jobs(_: AuthDep, rollouts: RolloutsDep) -> dict:
+async def list_jobs(_: AuthDep, rollouts: RolloutsDep, imports: ImportsDep) -> dict:
     jobs = await asyncio.to_thread(rollouts.jobs.all)
-    active = rollouts.active.job if rollouts.active else None
-    return {"jobs": [(active if active and j.id == active.id else j).public() for j in jobs]}
+    return {"jobs": [_live(rollouts, imports, j).public() for j in jobs]}
 
 
 @router.get(
@@ -253,8 +301,10 @@ async def list_jobs(_: AuthDep, rollouts: RolloutsDep) -> dict:
     responses=ERRORS,
     summary="A job's state and progress",
 )
-async def get_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dict:
-    job = await asyncio.to_thread(rollouts.get, job_id)
+async def get_job(
+    _: AuthDep, rollouts: RolloutsDep, imports: ImportsDep, job_id: str = JobId
+) -> dict:
+    job = imports.get(job_id) or await asyncio.to_thread(rollouts.get, job_id)
     if job is None:
         raise APIError(404, "not_found", f"no job {job_id}")
     return job.public()
@@ -274,9 +324,16 @@ async def swap_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> di
     "/v1/admin/jobs/{job_id}/cancel",
     response_model=JobOut,
     responses={**ERRORS, 409: ERRORS[422]},
-    summary="Stop a rollout; the served bundle is untouched (a later rollout starts afresh)",
+    summary="Stop a rollout (the served bundle is untouched; a later rollout starts afresh) or "
+    "an import (after the batch being written; the batches written stay)",
 )
-async def cancel_job(_: AuthDep, rollouts: RolloutsDep, job_id: str = JobId) -> dict:
+async def cancel_job(
+    _: AuthDep, rollouts: RolloutsDep, imports: ImportsDep, job_id: str = JobId
+) -> dict:
+    running = imports.active
+    if running is not None and running.job.id == job_id:
+        await running.end("cancelled")
+        return running.job.public()
     return await _act(rollouts, job_id, Rollout.cancel, "not_active")
 
 

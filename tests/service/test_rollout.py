@@ -151,12 +151,12 @@ def test_rollout_under_load_survives_kill9_and_loses_nothing(
                          data={"exit_depth": DEPTH}).json()["embeddings"][0]  # fmt: skip
             stored = c.get("/v1/items/item-007", params={"vector": "true"}).json()["vector"]
             if "item-007" not in load.replaced and "item-007" not in load2.replaced:
-                assert float(np.dot(emb, stored)) > 0.9999
+                assert float(np.dot(emb, stored)) > 0.999  # stored as float16
             for item, seed in {**load.replaced, **load2.replaced}.items():
                 files = {"images": ("x.png", png(seed=seed), "image/png")}
                 emb = c.post("/v1/embeddings", files=files, data={"exit_depth": DEPTH})
                 stored = c.get(f"/v1/items/{item}", params={"vector": "true"}).json()
-                assert float(np.dot(emb.json()["embeddings"][0], stored["vector"])) > 0.9999
+                assert float(np.dot(emb.json()["embeddings"][0], stored["vector"])) > 0.999
         s.stop()
 
         # A restart with SDSSL_BUNDLE still naming the old bundle serves the new one.

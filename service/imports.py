@@ -1,0 +1,199 @@
+"""``POST /v1/admin/import``: a bulk import (:mod:`service.bulk`) run inside the server as a job,
+into the served bundle's gallery, while reads and writes go on.
+
+The server reads sources only from ``SDSSL_IMPORT_DIR`` (off when unset): a request names a
+file or folder inside it, never a path of its own. Each batch is checked as the API checks items
+and written under the runtime's write lock — client writes interleave between batches — as one
+durable upsert; the job's record (``<data dir>/jobs``, shared with rollouts) is saved after it,
+so ``GET /v1/admin/jobs/{id}`` shows the rows read, stored, refused and skipped so far.
+
+One import at a time, and not beside a rollout or a reload (each would swap the index it writes
+to): those are refused with 409 while an import runs, and an import while they run. A server
+stopped during an import marks its job failed at the next start — every batch it reported is
+stored — and the same import with ``resume: true`` goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from service.bulk import Batch, Counts, SourceError, VectorSource, batches, open_source
+from service.bulk import store as store_batch
+from service.jobs import Job, JobStore
+from service.metrics import Metrics
+from service.rollout import mirrored, public_reason
+from service.runtime import Runtime, RuntimeHolder
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+KIND = "import"
+
+
+class ImportRefused(RuntimeError):
+    """An import that cannot start (one-line reason; ``code`` and ``status`` for the API)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def resolve_source(settings: Settings, name: str) -> Path:
+    """``name`` inside ``SDSSL_IMPORT_DIR``: a relative path that stays inside it once every
+    link is followed; ImportRefused otherwise (imports off, an escape, nothing there)."""
+    if settings.import_dir is None:
+        raise ImportRefused(409, "imports_off", "imports are off: set SDSSL_IMPORT_DIR to the "
+                            "folder the server may read import sources from")  # fmt: skip
+    root = settings.import_dir.resolve()
+    relative = Path(name)
+    if not name or relative.is_absolute() or ".." in relative.parts or "\x00" in name:
+        raise ImportRefused(422, "invalid_source", "source must be a relative path inside the "
+                            "import folder, without '..'")  # fmt: skip
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root):
+        raise ImportRefused(422, "invalid_source", "source leads outside the import folder")
+    if not path.exists():
+        raise ImportRefused(422, "invalid_source", f"no {name} in the import folder")
+    return path
+
+
+STOPPED = (
+    "the server stopped during the import; the {n} rows it reported are stored: start "
+    "it again with resume: true to go on"
+)
+
+
+class Import:
+    """One running import: its job record, the runtime it writes to and its source."""
+
+    def __init__(self, job: Job, runtime: Runtime, source: VectorSource, manager: Imports):
+        self.job, self.runtime, self.source, self.manager = job, runtime, source, manager
+        self.counts = Counts()
+        self.task: asyncio.Task | None = None
+        self.stop: str | None = None  # the state to end in after the current batch
+
+    async def run(self) -> None:
+        job, m = self.job, self.manager
+        started = time.monotonic()
+        rows = batches(self.source, self.runtime.manifest.model.dim, m.settings, self.counts,
+                       job.batch)  # fmt: skip
+        try:
+            job.state = "copying"
+            while self.stop is None:
+                batch = await asyncio.to_thread(next, rows, None)
+                if batch is None:
+                    break
+                await self._store(batch)
+                job.done = min(job.total, job.done + job.batch)  # a chunk per batch
+                self._count(time.monotonic() - started)
+                m.metrics.items.set(self.runtime.index.indexed())
+                await m.save(job)
+                if job.pause_ms and self.stop is None:
+                    await asyncio.sleep(job.pause_ms / 1000)
+            job.state = self.stop or "done"
+            if self.stop == "failed":
+                job.error = STOPPED.format(n=job.imported)
+            log.info("import %s %s: %d stored, %d already present, %d refused", job.id,
+                     job.state, job.imported, job.skipped, job.refused)  # fmt: skip
+        except Exception as exc:
+            if not isinstance(exc, SourceError):
+                log.exception("import %s failed", job.id)
+            job.state = "failed"
+            job.error = str(exc) if isinstance(exc, SourceError) else public_reason(exc)
+        finally:
+            self._count(time.monotonic() - started)
+            job.finished_at = time.time()
+            await m.release(self)
+
+    async def _store(self, batch: Batch) -> None:
+        """One batch under the write lock (API writes wait for it, and it for them)."""
+        async with mirrored(self.runtime) as mirror:
+            if mirror is not None:  # rollouts are refused while an import runs
+                raise RuntimeError("a rollout began during the import")
+            await asyncio.to_thread(
+                store_batch, self.runtime.index, batch, self.counts, self.job.resume
+            )
+
+    def _count(self, seconds: float) -> None:
+        job, c = self.job, self.counts
+        labels = self.manager.metrics.import_rows.labels
+        labels("stored").inc(c.imported - job.imported)
+        labels("refused").inc(c.refused - job.refused)
+        labels("present").inc(c.skipped_existing - job.skipped)
+        job.imported, job.refused, job.skipped = c.imported, c.refused, c.skipped_existing
+        job.reasons, job.seconds = list(c.reasons), seconds
+
+    async def end(self, state: str) -> None:
+        """Stop after the batch being written (every batch written stays) and wait for it."""
+        self.stop = state
+        if self.task is not None:
+            await asyncio.shield(self.task)
+
+
+class Imports:
+    """The app's imports: at most one running; records in ``<data dir>/jobs``."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, holder: RuntimeHolder, jobs: JobStore):
+        self.settings, self.metrics, self.holder, self.jobs = settings, metrics, holder, jobs
+        self.active: Import | None = None
+
+    async def save(self, job: Job) -> None:
+        await asyncio.to_thread(self.jobs.save, job)
+
+    def get(self, job_id: str) -> Job | None:
+        """The running import's live record, if it is that job."""
+        run = self.active
+        return run.job if run is not None and run.job.id == job_id else None
+
+    async def start(self, name: str, resume: bool, batch: int, pause_ms: float,
+                    rollout_running: bool) -> Job:  # fmt: skip
+        """Check the source (its format, its dimension) and start the job in the background;
+        ImportRefused with the reason otherwise."""
+        async with self.holder.reload_lock:
+            if self.holder.pinned_by is not None:
+                raise ImportRefused(409, "job_running", f"{self.holder.pinned_by} is running")
+            if rollout_running:
+                raise ImportRefused(409, "rollout_running", "a rollout is running: wait for it "
+                                    "or cancel it")  # fmt: skip
+            runtime = self.holder.current
+            if runtime is None:
+                raise ImportRefused(409, "starting", "the model is still loading")
+            path = await asyncio.to_thread(resolve_source, self.settings, name)
+            try:
+                source = await asyncio.to_thread(open_source, path, name)
+            except SourceError as exc:
+                raise ImportRefused(422, "invalid_source", str(exc)) from exc
+            dim = runtime.manifest.model.dim
+            if source.rows and source.dim != dim:
+                raise ImportRefused(422, "invalid_source", f"{name}: vectors have {source.dim} "
+                                    f"values; the served bundle's have {dim}")  # fmt: skip
+            job = Job(bundle=runtime.bundle_id, source=name, kind=KIND, batch=batch,
+                      pause_ms=pause_ms, resume=resume, total=source.rows)  # fmt: skip
+            await self.save(job)
+            run = Import(job, runtime, source, self)
+            self.active, self.holder.pinned_by = run, f"import {job.id}"
+            run.task = asyncio.get_running_loop().create_task(run.run())
+        return job
+
+    async def release(self, run: Import) -> None:
+        """The import ended: record it and let reloads and rollouts run again."""
+        await self.save(run.job)
+        if self.active is run:
+            self.active = None
+            self.holder.pinned_by = None
+
+    async def fail_stale(self) -> None:
+        """At start: an import a stopped process left running is failed (it does not resume
+        by itself: its source may have changed since)."""
+        for job in await asyncio.to_thread(self.jobs.all):
+            if job.kind == KIND and job.active:
+                job.state, job.finished_at = "failed", time.time()
+                job.error = STOPPED.format(n=job.imported)
+                await self.save(job)
+
+    async def close(self) -> None:
+        """At shutdown: stop the import after its current batch."""
+        if self.active is not None:
+            await self.active.end("failed")
