@@ -22,6 +22,8 @@ from export.manifest import (
     ALL_EXITS_OUTPUT,
     EXIT_OUTPUT,
     INPUT_NAME,
+    RAW_ALL_EXITS_OUTPUT,
+    RAW_EXIT_OUTPUT,
     SEGMENT_INPUT,
     SEGMENT_OUTPUT,
     BundleIntegrityError,
@@ -159,20 +161,32 @@ class Engine:
         """The bundle's segments in order (empty: it cannot be run block by block)."""
         return [Segment(s.last) for s in self.manifest.segments]
 
+    @property
+    def dim(self) -> int:
+        """Width of the searchable (bridged) part of :meth:`run`'s rows; the raw part follows."""
+        return self.manifest.model.dim
+
     def run_segment(self, segment: Segment, hidden: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """uint8 images (the first segment) or the hidden state → (hidden after the segment,
-        ``[N, D]`` embeddings at its exit depth)."""
+        ``[N, D + D]`` embeddings at its exit depth: bridged, then raw, as :meth:`run`)."""
         name = INPUT_NAME if hidden.dtype == np.uint8 else SEGMENT_INPUT
-        hidden_next, embedding = self.sessions[segment].run(
-            [SEGMENT_OUTPUT, EXIT_OUTPUT], {name: hidden}
+        hidden_next, embedding, raw = self.sessions[segment].run(
+            [SEGMENT_OUTPUT, EXIT_OUTPUT, RAW_EXIT_OUTPUT], {name: hidden}
         )
-        return hidden_next, embedding
+        return hidden_next, np.concatenate([embedding, raw], axis=-1)
 
     def embed_gallery(self, images: np.ndarray) -> np.ndarray:
         """uint8 ``[N, S, S, 3]`` → ``[N, D]``: items' vectors, at the gallery depth."""
-        return gallery_rows(self.manifest, self.run(gallery_graph(self.manifest), images))
+        rows = self.run(gallery_graph(self.manifest), images)[..., : self.dim]
+        return gallery_rows(self.manifest, rows)
 
     def run(self, graph: GraphKey, images: np.ndarray) -> np.ndarray:
-        """uint8 ``[N, S, S, 3]`` → ``[N, D]`` at an exit depth, or ``[L, N, D]`` for ALL_EXITS."""
-        name = ALL_EXITS_OUTPUT if graph is ALL_EXITS else EXIT_OUTPUT
-        return self.sessions[graph].run([name], {INPUT_NAME: images})[0]
+        """uint8 ``[N, S, S, 3]`` → ``[N, D + D]`` at an exit depth, ``[L, N, D + D]`` for
+        ALL_EXITS: the searchable (bridged) embedding, then the exit's raw one — both outputs in
+        one array, so that a batch's rows carry both to the requests that share it."""
+        names = (
+            [ALL_EXITS_OUTPUT, RAW_ALL_EXITS_OUTPUT]
+            if graph is ALL_EXITS
+            else [EXIT_OUTPUT, RAW_EXIT_OUTPUT]
+        )
+        return np.concatenate(self.sessions[graph].run(names, {INPUT_NAME: images}), axis=-1)

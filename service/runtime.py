@@ -159,6 +159,7 @@ async def load_runtime(
         examples=examples,
         retime_after_s=settings.retime_after_s,
         retime_runs=settings.warmup_runs,
+        split=engine.dim,
     )
     scheduler.start()
     runtime = Runtime(bundle, manifest, bid, engine, scheduler, index)

@@ -42,6 +42,7 @@ class EmbeddingsOut(BaseModel):
                     "model": "9d2f…",
                     "exit_depth": 6,
                     "gallery_depth": 12,
+                    "space": "gallery",
                     "dim": 128,
                     "encoding": "json",
                     "embeddings": [[0.031, -0.12, 0.088]],
@@ -53,12 +54,14 @@ class EmbeddingsOut(BaseModel):
     model: str = Field(description="bundle id (sha256 of its manifest)")
     exit_depth: int = Field(description="the depth the images ran to")
     gallery_depth: int = Field(description="the depth whose space the rows are bridged into")
+    space: str = Field("gallery", description="gallery (bridged, searchable) or raw")
     dim: int
     encoding: str = Field("json", description="json, base64 (float32 LE) or base64-f16")
     embeddings: list[list[float]] | list[str] = Field(
         description="L2-normalised, one row per image: numbers, or base64 per row. Computed at "
-        "`exit_depth` and bridged into the space of the bundle's gallery depth: the space "
-        "items are stored and searched in, so a row can be sent to `/v1/search` as a vector"
+        "`exit_depth`; with space=gallery (the default) bridged into the space of the bundle's "
+        "gallery depth — the space items are stored and searched in, so a row can be sent to "
+        "`/v1/search` as a vector; with space=raw the exit's own embedding"
     )
     timing: TimingOut
 

@@ -65,9 +65,13 @@ def _form(fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def embed(
-    images: ImageLike | list[ImageLike], exit_depth: int | None, budget_ms: float | None
+    images: ImageLike | list[ImageLike],
+    exit_depth: int | None,
+    budget_ms: float | None,
+    space: str = "gallery",
 ) -> Call:
-    data = _form({"exit_depth": exit_depth, "budget_ms": budget_ms, "encoding": "base64"})
+    fields = {"exit_depth": exit_depth, "budget_ms": budget_ms, "encoding": "base64"}
+    data = _form({**fields, "space": None if space == "gallery" else space})
     return Call(
         "POST",
         "/v1/embeddings",

@@ -17,7 +17,7 @@ from sdssl_client.images import ImageLike
 from sdssl_client.results import BatchSearchResult, Embeddings, Item, SearchResult
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
-FINAL_JOB_STATES = {"swapped", "failed", "cancelled"}
+FINAL_JOB_STATES = {"swapped", "done", "failed", "cancelled"}  # rollouts end swapped, imports done
 
 
 class _Base:
@@ -112,10 +112,12 @@ class Client(_Base):
         *,
         exit_depth: int | None = None,
         budget_ms: float | None = None,
+        space: str = "gallery",
     ) -> Embeddings:
         """Embeddings of one image or many: at ``exit_depth``, or the deepest that fits
-        ``budget_ms``, or the deepest."""
-        return self._send(calls.embed(images, exit_depth, budget_ms))
+        ``budget_ms``, or the deepest — in the gallery's space (searchable), or with
+        ``space="raw"`` the exit's own embedding."""
+        return self._send(calls.embed(images, exit_depth, budget_ms, space))
 
     def search(
         self,
@@ -234,6 +236,15 @@ class Client(_Base):
         body = {"bundle": bundle, "swap": swap, "batch": batch, "pause_ms": pause_ms}
         return self._send(calls.admin("POST", "/v1/admin/rollout", body))
 
+    def import_vectors(
+        self, source: str, *, resume: bool = False, batch: int = 10_000, pause_ms: float = 0.0
+    ) -> dict:
+        """Start importing ``source`` (a name in the server's SDSSL_IMPORT_DIR: a folder with
+        vectors.npy, an .npz or a .parquet); returns the job (follow it with
+        ``wait(job["id"], until="done")``)."""
+        body = {"source": source, "resume": resume, "batch": batch, "pause_ms": pause_ms}
+        return self._send(calls.admin("POST", "/v1/admin/import", body))
+
     def job(self, job_id: str) -> dict:
         return self._send(calls.admin("GET", f"/v1/admin/jobs/{job_id}"))
 
@@ -241,7 +252,7 @@ class Client(_Base):
         self, job_id: str, *, until: str = "swapped", progress: bool = True, poll_s: float = 0.5
     ) -> dict:
         """Poll a job until it reaches ``until`` (or ends); returns its last state."""
-        bar, job = _bar(100, progress, "rollout"), self.job(job_id)
+        bar, job = _bar(100, progress, "job"), self.job(job_id)
         try:
             while job["state"] != until and job["state"] not in FINAL_JOB_STATES:
                 time.sleep(poll_s)
@@ -302,8 +313,9 @@ class AsyncClient(_Base):
         *,
         exit_depth: int | None = None,
         budget_ms: float | None = None,
+        space: str = "gallery",
     ) -> Embeddings:
-        return await self._send(calls.embed(images, exit_depth, budget_ms))
+        return await self._send(calls.embed(images, exit_depth, budget_ms, space))
 
     async def search(
         self,
@@ -399,6 +411,12 @@ class AsyncClient(_Base):
     ) -> dict:
         body = {"bundle": bundle, "swap": swap, "batch": batch, "pause_ms": pause_ms}
         return await self._send(calls.admin("POST", "/v1/admin/rollout", body))
+
+    async def import_vectors(
+        self, source: str, *, resume: bool = False, batch: int = 10_000, pause_ms: float = 0.0
+    ) -> dict:
+        body = {"source": source, "resume": resume, "batch": batch, "pause_ms": pause_ms}
+        return await self._send(calls.admin("POST", "/v1/admin/import", body))
 
     async def job(self, job_id: str) -> dict:
         return await self._send(calls.admin("GET", f"/v1/admin/jobs/{job_id}"))

@@ -20,17 +20,18 @@ def decode_rows(rows: list, encoding: str) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Embeddings:
-    vectors: np.ndarray  # float32 [N, D], L2-normalised, in the gallery depth's space
+    vectors: np.ndarray  # float32 [N, D], L2-normalised, in the gallery depth's space (or raw)
     exit_depth: int  # the depth the images ran to
     model: str
     timing: dict[str, Any] = field(default_factory=dict)
     gallery_depth: int | None = None  # whose space the vectors are in (search takes them)
+    space: str = "gallery"  # or "raw": the exit's own embedding, before the bridge
 
     @classmethod
     def parse(cls, body: dict) -> Embeddings:
         vectors = decode_rows(body["embeddings"], body.get("encoding", "json"))
         return cls(vectors, body["exit_depth"], body["model"], body.get("timing", {}),
-                   body.get("gallery_depth"))  # fmt: skip
+                   body.get("gallery_depth"), body.get("space", "gallery"))  # fmt: skip
 
 
 @dataclass(frozen=True)

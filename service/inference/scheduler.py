@@ -40,6 +40,7 @@ class Served:
     in_flight: int  # inference requests in flight when it was decided (this one included)
     ran: Ran | None
     lane: str = ""  # what the calibration learns this request's timing as (route[:anytime])
+    raw: np.ndarray | None = None  # the exit's own rows, before the bridge (``output``'s shape)
 
 
 class Admission:
@@ -81,7 +82,12 @@ class Scheduler:
         examples: dict[Hashable, np.ndarray] | None = None,
         retime_after_s: float = 0.0,
         retime_runs: int = 3,
+        split: int | None = None,
     ) -> None:
+        """``split``: the graphs' rows are ``[..., searchable | raw]`` (the engine packs both
+        outputs in one array, so batches and cohorts carry them together); a request's
+        ``Served.output`` gets the first ``split`` columns, ``Served.raw`` the rest."""
+        self.split = split
         self.latency, self.exit_depths, self.all_exits = latency, list(exit_depths), all_exits
         # Graphs a budget passed over are re-timed when idle (given inputs to time them on).
         self.retimer = (
@@ -150,8 +156,10 @@ class Scheduler:
             est = estimate(key=d, **common)
         admission.submitted()
         ran = await self.batcher.submit(est.key, images)
+        output, raw = self._unpack(ran.rows)
         return Served(
-            output=ran.rows,
+            output=output,
+            raw=raw,
             exit_depth=None if all_exits else int(est.key),
             budget_ms=budget_ms,
             predicted_ms=est.total_ms,
@@ -164,6 +172,11 @@ class Scheduler:
             lane=route,
         )
 
+    def _unpack(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.split is None:
+            return rows, None
+        return rows[..., : self.split], rows[..., self.split :]
+
     async def _anytime(
         self, images: np.ndarray, admission: Admission, route: str, arrival: float, budget_ms: float
     ) -> Served:
@@ -174,8 +187,10 @@ class Scheduler:
             images, deadline=arrival + budget_ms / 1000, reserve_s=reserve_ms / 1000
         )
         ran = Ran(left.rows, left.enqueued, left.started, left.decided, left.batch_size)
+        output, raw = self._unpack(left.rows)
         return Served(
-            output=left.rows,
+            output=output,
+            raw=raw,
             exit_depth=left.exit_depth,
             budget_ms=budget_ms,
             predicted_ms=1000 * (left.decided - arrival) + reserve_ms,

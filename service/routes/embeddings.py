@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
@@ -24,7 +25,8 @@ ROUTE = "embeddings"
     "Give `exit_depth` **or** `budget_ms` (query or body field); neither means full depth. "
     "The response and the headers `X-Exit-Depth` / `X-Elapsed-Ms` say what was done. Rows "
     "are in the space of the bundle's gallery depth (`gallery_depth`): the graph bridges its "
-    "exit's embedding there, so a row searches the gallery as `/v1/search`'s `vector`. "
+    "exit's embedding there, so a row searches the gallery as `/v1/search`'s `vector`; "
+    "`space=raw` answers the exit's own embedding instead (before the bridge). "
     "`encoding=base64` (float32) or `base64-f16` makes the rows compact; "
     "`Accept: application/x-npy` answers one .npy file with the timing in headers.",
     openapi_extra=image_request_body("images", True, schema(EmbedParams)),
@@ -48,9 +50,10 @@ async def embeddings(
                               exit_depth=params.exit_depth, budget_ms=params.budget_ms),
         metrics,
     )  # fmt: skip
+    rows = np.ascontiguousarray(served.raw if params.space == "raw" else served.output)
     if wants_npy(request.headers.get("accept")):
-        return timed_response(request, {}, served, runtime, metrics, ROUTE, npy=served.output)
-    body = {"gallery_depth": runtime.gallery_depth, "dim": int(served.output.shape[1]),
-            "encoding": params.encoding,
-            "embeddings": encode_rows(served.output, params.encoding)}  # fmt: skip
+        return timed_response(request, {}, served, runtime, metrics, ROUTE, npy=rows)
+    body = {"gallery_depth": runtime.gallery_depth, "space": params.space,
+            "dim": int(rows.shape[1]), "encoding": params.encoding,
+            "embeddings": encode_rows(rows, params.encoding)}  # fmt: skip
     return timed_response(request, body, served, runtime, metrics, ROUTE)

@@ -51,6 +51,12 @@ class EmbedParams(DepthOrBudget):
         description="embeddings as JSON lists, or one base64 string per row of little-endian "
         "float32 (exact) or float16; or send Accept: application/x-npy for one .npy body",
     )
+    space: Literal["gallery", "raw"] = Field(
+        "gallery",
+        description="gallery: rows bridged into the gallery's space (searchable: send one to "
+        "/v1/search as `vector`); raw: the exit's own embedding, before the bridge (features "
+        "for your own models; not comparable across depths, nor with the gallery)",
+    )
 
 
 METADATA = "false: leave each hit's metadata out (a smaller, faster answer)"

@@ -50,6 +50,9 @@ def test_embed_takes_every_image_kind_and_matches(client) -> None:
     assert np.allclose(np.linalg.norm(e.vectors, axis=1), 1, atol=1e-5)
     budgeted = client.embed(png, budget_ms=200)
     assert budgeted.timing["budget_ms"] == 200 and len(budgeted.model) == 64
+    raw = client.embed(png, exit_depth=2, space="raw")
+    assert raw.space == "raw" and e.space == "gallery" and raw.vectors.shape == (1, 32)
+    assert not np.allclose(raw.vectors[0], e.vectors[0], atol=1e-3)  # before the bridge
 
 
 def test_items_search_and_scroll(client, tmp_path) -> None:
@@ -191,5 +194,31 @@ def test_rollout_wait_and_ready(tiny_bundle, tiny_bundle_b, tmp_path) -> None:
             assert asyncio.run(status()) == "swapped"
         with Client("http://127.0.0.1:9", retries=0) as gone:
             assert not gone.ready()
+    finally:
+        s.stop()
+
+
+def test_import_vectors_and_the_import_command(tiny_bundle, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    v = np.random.default_rng(0).standard_normal((25, 32)).astype(np.float32)
+    np.savez(inbox / "rows.npz", vectors=v, ids=np.array([f"i-{i}" for i in range(25)]))
+    s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", api_key=KEY,
+               import_dir=str(inbox)).start()  # fmt: skip
+    try:
+        with Client(s.url, api_key=KEY) as c:
+            job = c.import_vectors("rows.npz", batch=10)
+            done = c.wait(job["id"], until="done", progress=False, poll_s=0.1)
+            assert done["state"] == "done" and done["imported"] == 25
+            with pytest.raises(InvalidRequest):
+                c.import_vectors("../elsewhere")
+        res = subprocess.run([sys.executable, "-m", "sdssl_client", "--url", s.url, "--api-key",
+                              KEY, "import", "rows.npz", "--resume"],
+                             capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        assert "done: 0 stored, 25 already present, 0 refused" in res.stdout
     finally:
         s.stop()

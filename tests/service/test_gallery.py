@@ -58,3 +58,46 @@ def test_old_ways_of_asking_are_refused_with_the_new_one(server) -> None:
         assert r.status_code == 422 and "vector=true" in r.json()["error"]["message"]
         r = c.post("/v1/search", json={"vector": [1.0] + [0.0] * 31, "budget_ms": 5})
         assert r.status_code == 422 and "budget_ms" in r.json()["error"]["message"]
+
+
+def test_embeddings_answer_the_gallery_space_or_the_raw_exit_on_request(tiny_bundle, tmp_path):
+    """Each exit graph's two outputs, through HTTP: the bridged rows by default, the exit's own
+    with space=raw — by exit depth, and by budget (block by block when anytime is on)."""
+    from export.manifest import EXIT_OUTPUT, RAW_EXIT_OUTPUT
+
+    m = Manifest.read(tiny_bundle)
+    blob = digit_png(3)
+    p = m.preprocess
+    x = prepare(blob, p.resize, p.crop, p.interpolation, 10**8)[None]
+    want = {
+        e.exit_depth: onnx_session(tiny_bundle / e.file).run(
+            [EXIT_OUTPUT, RAW_EXIT_OUTPUT], {INPUT_NAME: x}
+        )
+        for e in m.exits
+    }
+    files = [("images", ("q.png", blob, "image/png"))]
+    with (
+        Server(tiny_bundle, tmp_path / "data", tmp_path / "log", anytime="on") as s,
+        s.client() as c,
+    ):
+        for depth, (bridged, raw) in want.items():
+            if depth < m.bridge.gallery_depth:  # there the bridge is the identity
+                assert np.abs(bridged - raw).max() > 1e-3
+            for space, rows in (("gallery", bridged), ("raw", raw)):
+                r = c.post("/v1/embeddings", files=files,
+                           data={"exit_depth": str(depth), "space": space})  # fmt: skip
+                body = r.json()
+                assert body["space"] == space and body["exit_depth"] == depth, body
+                assert np.abs(np.array(body["embeddings"]) - rows).max() < 1e-4
+        r = c.post("/v1/embeddings", files=files, data={"budget_ms": "1000", "space": "raw"})
+        body = r.json()
+        got = np.array(body["embeddings"])
+        assert np.abs(got - want[body["exit_depth"]][1]).max() < 1e-4
+        assert abs(np.linalg.norm(got) - 1) < 1e-4
+        r = c.post("/v1/embeddings", files=files, data={"space": "neither"})
+        assert r.status_code == 422 and "space" in r.text
+        npy = c.post("/v1/embeddings", files=files, headers={"Accept": "application/x-npy"},
+                     data={"exit_depth": "2", "space": "raw"})  # fmt: skip
+        import io
+
+        assert np.abs(np.load(io.BytesIO(npy.content)) - want[2][1]).max() < 1e-4
