@@ -41,6 +41,8 @@ from service.settings import Settings
 
 log = logging.getLogger(__name__)
 BATCH = 10_000
+MAX_BATCH = 100_000  # rows per batch an import may ask for (POST /v1/admin/import)
+MAX_SOURCE_NAME = 4096  # characters of an import source's name
 LOGGED = 20  # refused rows whose reason is logged
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.bulk import BATCH, MAX_BATCH, MAX_SOURCE_NAME
+
 
 class ErrorDetail(BaseModel):
     code: str = Field(examples=["unknown_exit_depth"])
@@ -292,14 +294,14 @@ class ImportIn(BaseModel):
         ".parquet (columns id, vector, metadata), as a path relative to the server's import "
         "folder (SDSSL_IMPORT_DIR)",
         examples=["catalogue-2026-12"],
-        max_length=4096,
+        max_length=MAX_SOURCE_NAME,
     )
     resume: bool = Field(
         False,
         description="skip ids already stored (go on after an interrupted import) instead of "
         "replacing them",
     )
-    batch: int = Field(10_000, ge=1, le=100_000, description="rows per durable write")
+    batch: int = Field(BATCH, ge=1, le=MAX_BATCH, description="rows per durable write")
     pause_ms: float = Field(
         0.0, ge=0, le=60_000, description="pause between batches, to leave the CPU to requests"
     )
