@@ -1,7 +1,11 @@
 """``python -m service.reindex``: embed images into a bundle's indexes, offline (no server).
 
 Sources are image folders (every image below them; id = file stem, metadata = the parent
-folder's name as ``label`` and the path) or text files listing ``path[<TAB>id]`` per line.
+folder's name as ``label`` and the path), text files listing ``path[<TAB>id]`` per line, or
+another bundle's index folder (``DATA_DIR/<bundle id>``, one holding ``items.sqlite``, from this
+server or an older one whose folders the server now refuses): its items' kept inputs are
+re-embedded with their ids and metadata — how a collection moves to a bundle a rollout cannot
+reach (items without a kept input are counted as failed and named: re-upload them).
 Each item keeps its input as the server does (``SDSSL_KEEP_INPUTS``), so a later rollout
 can re-embed it. Items already in the index are skipped, so an interrupted run resumes where
 it stopped. Each batch is embedded once, at the bundle's gallery depth, and committed before
@@ -12,10 +16,13 @@ bundle, before ``POST /v1/admin/reload``): the index's writer lock refuses it ot
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sqlite3
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,18 +32,26 @@ from service.engine import Engine
 from service.errors import APIError
 from service.images import prepare, prepare_kept
 from service.index import IndexMismatch, StorageError, WriterLockHeld, open_index
+from service.index.store import DATABASE
 from service.settings import Settings
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
 log = logging.getLogger("reindex")
 
 
-def iter_sources(sources: list[Path]) -> Iterator[tuple[Path, str, dict]]:
-    """(path, id, metadata) for every image named by the sources, in a stable order."""
+Entry = tuple[Callable[[], bytes | None], str, Any, str]  # read the image, id, metadata, where
+
+
+def iter_sources(sources: list[Path]) -> Iterator[Entry]:
+    """(read its bytes, id, metadata, where) for every image named by the sources, in a stable
+    order."""
     for src in sources:
-        if src.is_dir():
+        if src.is_dir() and (src / DATABASE).is_file():
+            yield from _index_folder(src)
+        elif src.is_dir():
             for path in sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
-                yield path, path.stem, {"label": path.parent.name, "path": str(path)}
+                meta = {"label": path.parent.name, "path": str(path)}
+                yield path.read_bytes, path.stem, meta, str(path)
         elif src.is_file():
             for n, line in enumerate(src.read_text().splitlines(), 1):
                 if not line.strip() or line.startswith("#"):
@@ -45,9 +60,36 @@ def iter_sources(sources: list[Path]) -> Iterator[tuple[Path, str, dict]]:
                 path = Path(path_s.strip())
                 if not path.is_absolute():
                     path = src.parent / path
-                yield path, item_id.strip() or path.stem, {"path": str(path), "line": n}
+                meta = {"path": str(path), "line": n}
+                yield path.read_bytes, item_id.strip() or path.stem, meta, str(path)
         else:
             raise FileNotFoundError(f"source not found: {src}")
+
+
+def _index_folder(folder: Path) -> Iterator[Entry]:
+    """The items of an index folder, oldest first, each read with its kept input (None: it has
+    none). Opened read-only; every schema version keeps ``items`` and ``inputs`` alike."""
+    db = sqlite3.connect(f"file:{folder / DATABASE}?mode=ro", uri=True, check_same_thread=False)
+    try:
+        has_inputs = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'inputs'"
+        ).fetchone()
+        rows = db.execute("SELECT num_id, id, metadata FROM items ORDER BY num_id").fetchall()
+    except sqlite3.Error as exc:
+        db.close()
+        raise FileNotFoundError(f"{folder}: not a readable index folder ({exc})") from None
+
+    def reader(num_id: int) -> Callable[[], bytes | None]:
+        def read() -> bytes | None:
+            if not has_inputs:
+                return None
+            row = db.execute("SELECT png FROM inputs WHERE num_id = ?", (num_id,)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        return read
+
+    for num_id, item_id, metadata in rows:
+        yield reader(num_id), item_id, None if metadata is None else json.loads(metadata), item_id
 
 
 def reindex(
@@ -71,15 +113,18 @@ def reindex(
     p = manifest.preprocess
     args = (p.resize, p.crop, p.interpolation)
     found = list(iter_sources(sources))  # walk the sources once
-    todo = [(path, i, m) for path, i, m in found if index.get(i) is None]
+    todo = [(read, i, m, where) for read, i, m, where in found if index.get(i) is None]
     counts = Counts(skipped_existing=len(found) - len(todo))
 
     def embedded() -> Iterator[Batch]:
         for start in range(0, len(todo), batch_size):
             rows, ids, metas, kept = [], [], [], []
-            for path, item_id, meta in todo[start : start + batch_size]:
+            for read, item_id, meta, where in todo[start : start + batch_size]:
                 try:
-                    data = path.read_bytes()
+                    data = read()
+                    if data is None:
+                        counts.refuse(f"{where}: no kept input to re-embed: re-upload it")
+                        continue
                     if settings.keep_inputs:
                         row, png = prepare_kept(
                             data, *args, settings.max_pixels, settings.keep_input_side
@@ -89,7 +134,7 @@ def reindex(
                         row = prepare(data, *args, settings.max_pixels)
                     rows.append(row)
                 except (APIError, OSError) as exc:
-                    counts.refuse(f"{path}: {exc.message if isinstance(exc, APIError) else exc}")
+                    counts.refuse(f"{where}: {exc.message if isinstance(exc, APIError) else exc}")
                     continue
                 ids.append(item_id)
                 metas.append(meta)
@@ -125,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m service.reindex",
         description=__doc__.split("\n\n")[0].split(": ", 1)[1],
-        epilog="Sources: image folders (id = file stem, label = parent folder) or text files "
-        "of 'path<TAB>id' lines. Already indexed ids are skipped (resumable).",
+        epilog="Sources: image folders (id = file stem, label = parent folder), text files "
+        "of 'path<TAB>id' lines, or another bundle's index folder (DATA_DIR/<bundle id>: its "
+        "kept inputs are re-embedded with their ids and metadata). Already indexed ids are "
+        "skipped (resumable).",
     )
     parser.add_argument("bundle", type=Path, help="bundle directory")
-    parser.add_argument("sources", type=Path, nargs="+", help="image folders or list files")
+    parser.add_argument("sources", type=Path, nargs="+",
+                        help="image folders, list files or index folders")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=None, help="default: SDSSL_DATA_DIR")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--quiet", action="store_true", help="no progress line")

@@ -178,8 +178,9 @@ class ItemStore:
         if stale or any(rows.get(k) != expected[k] for k in ("dim", "gallery_depth")):
             raise IndexMismatch(
                 "this index folder holds another model shape, or items stored by an older "
-                "server (vectors inside its database): move it aside, then re-index the items "
-                "(python -m service.reindex) or bulk-import their vectors"
+                "server (vectors inside its database): move it aside, then re-embed its kept "
+                "inputs into this bundle (python -m service.reindex BUNDLE MOVED_FOLDER) or "
+                "bulk-import their vectors"
             )
 
     # ---- writes --------------------------------------------------------------------------------
