@@ -406,6 +406,15 @@ class AsyncClient(_Base):
     async def model(self) -> dict:
         return await self._send(calls.Call("GET", "/v1/model", calls._json))
 
+    async def ready(self) -> bool:
+        try:
+            return (await self._http.get("/readyz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    async def reload(self, bundle: str) -> dict:
+        return await self._send(calls.admin("POST", "/v1/admin/reload", {"bundle": bundle}))
+
     async def rollout(
         self, bundle: str, *, swap: bool = True, batch: int = 64, pause_ms: float = 0.0
     ) -> dict:
@@ -420,6 +429,23 @@ class AsyncClient(_Base):
 
     async def job(self, job_id: str) -> dict:
         return await self._send(calls.admin("GET", f"/v1/admin/jobs/{job_id}"))
+
+    async def wait(
+        self, job_id: str, *, until: str = "swapped", progress: bool = True, poll_s: float = 0.5
+    ) -> dict:
+        """Poll a job until it reaches ``until`` (or ends); returns its last state."""
+        bar, job = _bar(100, progress, "job"), await self.job(job_id)
+        try:
+            while job["state"] != until and job["state"] not in FINAL_JOB_STATES:
+                await asyncio.sleep(poll_s)
+                job = await self.job(job_id)
+                if bar is not None:
+                    bar.n = int(100 * job["progress"])
+                    bar.refresh()
+        finally:
+            if bar is not None:
+                bar.close()
+        return job
 
     async def snapshot(self) -> dict:
         return await self._send(calls.admin("POST", "/v1/admin/snapshot"))

@@ -187,11 +187,18 @@ def test_rollout_wait_and_ready(tiny_bundle, tiny_bundle_b, tmp_path) -> None:
             with pytest.raises(Conflict):
                 c.rollout(str(tiny_bundle_b))  # already serving it
 
-            async def status() -> str:
+            async def back() -> tuple[bool, dict, dict]:
                 async with AsyncClient(s.url, api_key=KEY) as ac:
-                    return (await ac.job(job["id"]))["state"]
+                    ready = await ac.ready()
+                    job = await ac.rollout(str(tiny_bundle), batch=2)
+                    done = await ac.wait(job["id"], progress=False, poll_s=0.1)
+                    reload = await ac.reload(str(tiny_bundle_b))
+                    return ready, done, reload
 
-            assert asyncio.run(status()) == "swapped"
+            ready, done, reload = asyncio.run(back())
+            assert ready and done["state"] == "swapped" and done["copied"] == 5
+            assert reload["previous"] == bundle_id(tiny_bundle)
+            assert reload["model"] == bundle_id(tiny_bundle_b)
         with Client("http://127.0.0.1:9", retries=0) as gone:
             assert not gone.ready()
     finally:
@@ -222,3 +229,10 @@ def test_import_vectors_and_the_import_command(tiny_bundle, tmp_path) -> None:
         assert "done: 0 stored, 25 already present, 0 refused" in res.stdout
     finally:
         s.stop()
+
+
+def test_both_clients_have_the_same_calls() -> None:
+    def calls(cls) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_")} - {"close", "aclose"}
+
+    assert calls(Client) == calls(AsyncClient)
