@@ -10,7 +10,8 @@ import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
 from service.decoding import DecodePool
@@ -72,40 +73,49 @@ async def admit_inference(request: Request) -> AsyncIterator[Admission]:
         admission.close()
 
 
-def _given_key(request: Request) -> str | None:
-    given = request.headers.get("x-api-key")
-    auth = request.headers.get("authorization", "")
-    if given is None and auth.lower().startswith("bearer "):
-        given = auth[7:].strip()
-    return given or None
+# Declared as FastAPI security schemes so that OpenAPI and /docs' Authorize know them; the
+# checks stay ours (auto_error=False): one error shape, keys compared in constant time.
+API_KEY_HEADER = APIKeyHeader(
+    name="X-API-Key", scheme_name="APIKey", auto_error=False,
+    description="the admin key (SDSSL_API_KEY), or the read key on read routes",
+)  # fmt: skip
+BEARER = HTTPBearer(
+    scheme_name="Bearer", auto_error=False,
+    description="Authorization: Bearer <key> — the same keys as X-API-Key",
+)  # fmt: skip
+HeaderKey = Annotated[str | None, Security(API_KEY_HEADER)]
+BearerKey = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
 
 
 def _matches(given: str, key: SecretStr | None) -> bool:
     return key is not None and hmac.compare_digest(given.encode(), key.get_secret_value().encode())
 
 
-def _check(request: Request, keys: list[SecretStr | None]) -> None:
+def _check(given: str | None, keys: list[SecretStr | None]) -> None:
     """Pass when no key is configured, or the request carries one of ``keys``; else 401."""
     if all(k is None for k in keys):
         return
-    given = _given_key(request)
-    if given is None:
+    if not given:
         raise APIError(401, "unauthorized", "API key required", {"WWW-Authenticate": "Bearer"})
     if not any(_matches(given, k) for k in keys):
         raise APIError(401, "unauthorized", "invalid API key", {"WWW-Authenticate": "Bearer"})
 
 
-async def require_api_key(request: Request) -> None:
+def _given(header: str | None, bearer: HTTPAuthorizationCredentials | None) -> str | None:
+    return header if header is not None else (bearer.credentials.strip() if bearer else None)
+
+
+async def require_api_key(request: Request, header: HeaderKey, bearer: BearerKey) -> None:
     """Writes and admin routes, when ``SDSSL_API_KEY`` is set: ``Authorization: Bearer <key>``
     or ``X-API-Key: <key>``."""
-    _check(request, [request.app.state.settings.api_key])
+    _check(_given(header, bearer), [request.app.state.settings.api_key])
 
 
-async def require_read_key(request: Request) -> None:
+async def require_read_key(request: Request, header: HeaderKey, bearer: BearerKey) -> None:
     """Reads (embeddings, search, items), when ``SDSSL_READ_KEY`` is set: it or the admin key."""
     s = request.app.state.settings
     if s.read_key is not None:
-        _check(request, [s.read_key, s.api_key])
+        _check(_given(header, bearer), [s.read_key, s.api_key])
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -27,6 +27,13 @@ def test_health_docs_and_model(client) -> None:
     for path in ("/v1/embeddings", "/v1/search", "/v1/items", "/v1/items/{item_id}",
                  "/v1/model", "/v1/admin/reload"):  # fmt: skip
         assert path in spec["paths"]
+    schemes = spec["components"]["securitySchemes"]  # /docs' Authorize knows both ways
+    assert schemes["APIKey"] == {**schemes["APIKey"], "type": "apiKey", "in": "header",
+                                 "name": "X-API-Key"}  # fmt: skip
+    assert schemes["Bearer"]["scheme"].lower() == "bearer"
+    for path, method in (("/v1/admin/reload", "post"), ("/v1/search", "post")):
+        assert {k for r in spec["paths"][path][method]["security"] for k in r} == set(schemes)
+    assert "security" not in spec["paths"]["/livez"]["get"]
     model = client.get("/v1/model").json()
     assert model["manifest"]["model"]["depth"] == 4 and model["device"] == "cpu"
     assert [c["exit_depth"] for c in model["curve"]] == [1, 2, 3, 4]
