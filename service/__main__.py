@@ -13,6 +13,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from export.manifest import BundleIntegrityError, load_verified
+from service import logs
 from service.app import create_app
 from service.http_protocol import protocol_class
 from service.settings import Settings
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except BundleIntegrityError as exc:
         print(f"error: {settings.bundle}: {exc} (export one with `make export`)", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level, settings.log_format)
     if settings.api_key is None and not _loopback(settings.host):
         logging.getLogger("service").warning(
             "no admin key (SDSSL_API_KEY): anyone who can reach %s:%d may add and delete items, "
@@ -117,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level,
+            log_config=None,  # uvicorn's loggers write through ours (request ids, JSON)
             timeout_graceful_shutdown=10,
             http=protocol_class(
                 settings.header_timeout_s, settings.body_timeout_s, settings.max_header_bytes

@@ -1,4 +1,5 @@
-"""Pure-ASGI middleware: arrival time, request-body cap, security headers, per-route metrics."""
+"""Pure-ASGI middleware: arrival time, request id, request-body cap, security headers, per-route
+metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import error_body
+from service.logs import REQUEST_ID, request_id
 from service.metrics import Metrics
 
 # Content-Security-Policy per kind of response: the demo page loads only its own files (and
@@ -59,10 +61,12 @@ class BodyTooLarge(HTTPException):
 
 
 class IntakeMiddleware:
-    """Stamps arrival time, enforces the body cap (by Content-Length and while streaming), sets
-    the security headers, and records request count and latency per route. A 413 is answered
-    at once; the rest of the body is read and dropped by the HTTP protocol
-    (:mod:`service.http_protocol`), so a client still sending never sees a reset."""
+    """Stamps arrival time and a request id (the client's ``X-Request-ID`` when plain, else a
+    new one: answered in ``X-Request-ID`` and on every log line of the request), enforces the
+    body cap (by Content-Length and while streaming), sets the security headers, and records
+    request count and latency per route. A 413 is answered at once; the rest of the body is
+    read and dropped by the HTTP protocol (:mod:`service.http_protocol`), so a client still
+    sending never sees a reset."""
 
     def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: Metrics) -> None:
         self.app, self.limit, self.metrics = app, max_body_bytes, metrics
@@ -73,9 +77,11 @@ class IntakeMiddleware:
             return
         arrival = time.perf_counter()
         scope.setdefault("state", {})["arrival"] = arrival
-        secure = security_headers(scope.get("path", ""))
-        status = {"code": 500}
         headers = dict(scope.get("headers") or [])
+        rid = request_id(headers.get(b"x-request-id"))
+        REQUEST_ID.set(rid)
+        secure = [*security_headers(scope.get("path", "")), (b"x-request-id", rid.encode())]
+        status = {"code": 500}
         try:
             declared = int(headers.get(b"content-length", b"-1"))
         except ValueError:

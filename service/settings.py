@@ -13,8 +13,10 @@ class Settings(BaseSettings):
     """Every option is also a ``python -m service`` flag (``--max-batch``: ``SDSSL_MAX_BATCH``)."""
 
     # hide_input_in_errors: a validation error's text never carries the values (keys included)
+    # env_ignore_empty: an empty variable (``SDSSL_IMPORT_DIR=`` in a .env) means the default,
+    # never the current directory
     model_config = SettingsConfigDict(
-        env_prefix="SDSSL_", extra="ignore", hide_input_in_errors=True
+        env_prefix="SDSSL_", extra="ignore", hide_input_in_errors=True, env_ignore_empty=True
     )
 
     bundle: Path = Field(Path("artifacts/bundles/default"), description="bundle directory to serve")
@@ -180,6 +182,11 @@ class Settings(BaseSettings):
         "request (components) or the previous planner's one global pad (global, to compare)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="text lines, or one JSON object per line (time, level, logger, message, "
+        "request_id) for log collectors",
+    )
 
     @field_validator("api_key", "read_key")
     @classmethod
@@ -210,6 +217,11 @@ class Settings(BaseSettings):
                 "anyone; set SDSSL_API_KEY (or api_key_file) too"
             )
         return self
+
+    @field_validator("import_dir", "api_key_file", "read_key_file", mode="before")
+    @classmethod
+    def _empty_path_is_none(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
 
     @field_validator("index_factory")
     @classmethod
