@@ -218,6 +218,19 @@ class AccuracyRow(BaseModel):
     predicted_ms_batch1: float
 
 
+class LimitsOut(BaseModel):
+    """The request limits a client splits its work under (docs/limits.md has them all)."""
+
+    max_images: int = Field(description="images (or vectors) per request", examples=[64])
+    max_body_bytes: int = Field(description="bytes of one request body", examples=[20971520])
+    max_pixels: int = Field(description="pixels of one image", examples=[40000000])
+    max_request_pixels: int = Field(
+        description="pixels of all images of one request", examples=[120000000]
+    )
+    max_search_results: int = Field(description="queries x k per search", examples=[10000])
+    max_metadata_bytes: int = Field(description="an item's metadata as JSON", examples=[16384])
+
+
 class ModelOut(BaseModel):
     model: str
     bundle: str
@@ -233,6 +246,7 @@ class ModelOut(BaseModel):
         description="what the scheduler adds to its raw predictions now, per route and load"
     )
     curve: list[AccuracyRow] = Field(description="accuracy against predicted latency per depth")
+    limits: LimitsOut = Field(description="what one request may hold (clients split under it)")
 
 
 class ReloadIn(BaseModel):

@@ -18,6 +18,29 @@ from sdssl_client.images import ImageLike, many, to_bytes
 from sdssl_client.results import BatchSearchResult, Embeddings, Item, SearchResult
 
 RETRY_STATUSES = {429, 503}
+# What a server that does not say (GET /v1/model's "limits") takes: its defaults.
+DEFAULT_LIMITS = {"max_images": 64, "max_body_bytes": 20 * 2**20}
+PART_OVERHEAD = 512  # bytes of multipart framing and text fields per image, at most
+
+
+def split(sizes: list[int], limits: dict[str, int]) -> list[slice]:
+    """Consecutive runs of images (their encoded ``sizes``) that fit one request: at most
+    ``max_images`` of them and ``max_body_bytes`` together. An image too large on its own goes
+    alone (the server then says why)."""
+    most, budget = limits["max_images"], int(limits["max_body_bytes"] * 0.95)
+    out, start, used = [], 0, 0
+    for i, size in enumerate(sizes):
+        if i > start and (i - start >= most or used + size + PART_OVERHEAD > budget):
+            out.append(slice(start, i))
+            start, used = i, 0
+        used += size + PART_OVERHEAD
+    if sizes:
+        out.append(slice(start, len(sizes)))
+    return out
+
+
+def limits() -> Call:
+    return Call("GET", "/v1/model", lambda r: {**DEFAULT_LIMITS, **(r.json().get("limits") or {})})
 
 
 @dataclass
@@ -132,20 +155,33 @@ def search_batch(
     return Call("POST", "/v1/search/batch", parse, data=data, files=_files("images", many(images)))
 
 
-def add(
+def items(
     images: ImageLike | list[ImageLike], ids: str | list[str], metadata: Any | list[Any] | None
-) -> Call:
+) -> tuple[list[bytes], list[str], list[Any] | None]:
+    """Images, ids and metadata of an add, checked to line up (one id, and none or one JSON
+    document, per image)."""
     blobs = many(images)
     ids = [ids] if isinstance(ids, str) else list(ids)
     if len(ids) != len(blobs):
         raise ValueError(f"{len(blobs)} images need {len(ids)} ids")
-    data: dict[str, Any] = {"ids": ids}
+    metas = None
     if metadata is not None:
         metas = metadata if isinstance(metadata, list) and len(blobs) > 1 else [metadata]
         if len(metas) != len(blobs):
             raise ValueError(f"{len(blobs)} images need {len(blobs)} metadata documents or none")
-        data["metadata"] = [json.dumps(m) for m in metas]
+    return blobs, ids, metas
+
+
+def add(blobs: list[bytes], ids: list[str], metadata: list[Any] | None) -> Call:
+    data: dict[str, Any] = {"ids": ids}
+    if metadata is not None:
+        data["metadata"] = [json.dumps(m) for m in metadata]
     return Call("POST", "/v1/items", _json, data=data, files=_files("images", blobs), write=True)
+
+
+def join_adds(parts: list[dict]) -> dict:
+    """The answers to one add split over several requests, as one."""
+    return {**parts[-1], "items": [i for p in parts for i in p["items"]]}
 
 
 def get(item_id: str, vector: bool) -> Call:

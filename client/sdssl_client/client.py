@@ -13,7 +13,7 @@ import httpx
 
 from sdssl_client import _calls as calls
 from sdssl_client.errors import NotFound, SDSSLError
-from sdssl_client.images import ImageLike
+from sdssl_client.images import ImageLike, many
 from sdssl_client.results import BatchSearchResult, Embeddings, Item, SearchResult
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"}
@@ -34,6 +34,7 @@ class _Base:
         self._admin = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         key = read_key or api_key
         self._read = {"Authorization": f"Bearer {key}"} if key else {}
+        self._limits: dict[str, int] | None = None  # the server's, read once when first needed
 
     def _kwargs(self, call: calls.Call) -> dict[str, Any]:
         return {
@@ -113,11 +114,31 @@ class Client(_Base):
         exit_depth: int | None = None,
         budget_ms: float | None = None,
         space: str = "gallery",
+        progress: bool = False,
     ) -> Embeddings:
         """Embeddings of one image or many: at ``exit_depth``, or the deepest that fits
         ``budget_ms``, or the deepest — in the gallery's space (searchable), or with
-        ``space="raw"`` the exit's own embedding."""
-        return self._send(calls.embed(images, exit_depth, budget_ms, space))
+        ``space="raw"`` the exit's own embedding. More images than one request may hold are
+        sent in several (a progress bar when ``progress``); ``exit_depths`` has each row's."""
+        blobs = many(images)
+        parts = calls.split([len(b) for b in blobs], self.limits())
+        bar = _bar(len(blobs), progress and len(parts) > 1, "embed")
+        out = []
+        try:
+            for part in parts:
+                out.append(self._send(calls.embed(blobs[part], exit_depth, budget_ms, space)))
+                if bar is not None:
+                    bar.update(part.stop - part.start)
+        finally:
+            if bar is not None:
+                bar.close()
+        return Embeddings.join(out)
+
+    def limits(self) -> dict[str, int]:
+        """What one request may hold (``GET /v1/model``'s ``limits``), read once."""
+        if self._limits is None:
+            self._limits = self._send(calls.limits())
+        return self._limits
 
     def search(
         self,
@@ -154,10 +175,29 @@ class Client(_Base):
 
     # ---- items ---------------------------------------------------------------------------------
     def add(
-        self, images: ImageLike | list[ImageLike], ids: str | list[str], metadata: Any = None
+        self,
+        images: ImageLike | list[ImageLike],
+        ids: str | list[str],
+        metadata: Any = None,
+        *,
+        progress: bool = False,
     ) -> dict:
-        """Add or replace items (one id, and optionally one JSON document, per image)."""
-        return self._send(calls.add(images, ids, metadata))
+        """Add or replace items (one id, and optionally one JSON document, per image); more
+        than one request may hold are sent in several, in order."""
+        blobs, ids, metas = calls.items(images, ids, metadata)
+        parts = calls.split([len(b) for b in blobs], self.limits())
+        bar = _bar(len(blobs), progress and len(parts) > 1, "add")
+        out = []
+        try:
+            for part in parts:
+                chunk = None if metas is None else metas[part]
+                out.append(self._send(calls.add(blobs[part], ids[part], chunk)))
+                if bar is not None:
+                    bar.update(part.stop - part.start)
+        finally:
+            if bar is not None:
+                bar.close()
+        return calls.join_adds(out)
 
     def add_folder(
         self,
@@ -170,6 +210,7 @@ class Client(_Base):
         """Add every image below ``folder`` (id = file stem, label = folder name), in batches
         sent ``concurrency`` at a time; returns {"added": n}."""
         todo = folder_items(folder)
+        batch_size = max(1, min(batch_size, self.limits()["max_images"]))
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         bar = _bar(len(todo), progress, "add")
 
@@ -314,8 +355,26 @@ class AsyncClient(_Base):
         exit_depth: int | None = None,
         budget_ms: float | None = None,
         space: str = "gallery",
+        progress: bool = False,
     ) -> Embeddings:
-        return await self._send(calls.embed(images, exit_depth, budget_ms, space))
+        blobs = many(images)
+        parts = calls.split([len(b) for b in blobs], await self.limits())
+        bar = _bar(len(blobs), progress and len(parts) > 1, "embed")
+        out = []
+        try:
+            for part in parts:
+                out.append(await self._send(calls.embed(blobs[part], exit_depth, budget_ms, space)))
+                if bar is not None:
+                    bar.update(part.stop - part.start)
+        finally:
+            if bar is not None:
+                bar.close()
+        return Embeddings.join(out)
+
+    async def limits(self) -> dict[str, int]:
+        if self._limits is None:
+            self._limits = await self._send(calls.limits())
+        return self._limits
 
     async def search(
         self,
@@ -346,9 +405,27 @@ class AsyncClient(_Base):
         return await self._send(call)
 
     async def add(
-        self, images: ImageLike | list[ImageLike], ids: str | list[str], metadata: Any = None
+        self,
+        images: ImageLike | list[ImageLike],
+        ids: str | list[str],
+        metadata: Any = None,
+        *,
+        progress: bool = False,
     ) -> dict:
-        return await self._send(calls.add(images, ids, metadata))
+        blobs, ids, metas = calls.items(images, ids, metadata)
+        parts = calls.split([len(b) for b in blobs], await self.limits())
+        bar = _bar(len(blobs), progress and len(parts) > 1, "add")
+        out = []
+        try:
+            for part in parts:
+                chunk = None if metas is None else metas[part]
+                out.append(await self._send(calls.add(blobs[part], ids[part], chunk)))
+                if bar is not None:
+                    bar.update(part.stop - part.start)
+        finally:
+            if bar is not None:
+                bar.close()
+        return calls.join_adds(out)
 
     async def add_folder(
         self,
@@ -359,6 +436,7 @@ class AsyncClient(_Base):
         progress: bool = True,
     ) -> dict[str, int]:
         todo = folder_items(folder)
+        batch_size = max(1, min(batch_size, (await self.limits())["max_images"]))
         batches = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
         bar, gate = _bar(len(todo), progress, "add"), asyncio.Semaphore(max(1, concurrency))
 

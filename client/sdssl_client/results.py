@@ -21,17 +21,29 @@ def decode_rows(rows: list, encoding: str) -> np.ndarray:
 @dataclass(frozen=True)
 class Embeddings:
     vectors: np.ndarray  # float32 [N, D], L2-normalised, in the gallery depth's space (or raw)
-    exit_depth: int  # the depth the images ran to
+    exit_depth: int  # the depth the images ran to (split over requests: the shallowest)
     model: str
-    timing: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)  # split: the last request's
     gallery_depth: int | None = None  # whose space the vectors are in (search takes them)
     space: str = "gallery"  # or "raw": the exit's own embedding, before the bridge
+    exit_depths: list[int] = field(default_factory=list)  # per row
 
     @classmethod
     def parse(cls, body: dict) -> Embeddings:
         vectors = decode_rows(body["embeddings"], body.get("encoding", "json"))
         return cls(vectors, body["exit_depth"], body["model"], body.get("timing", {}),
-                   body.get("gallery_depth"), body.get("space", "gallery"))  # fmt: skip
+                   body.get("gallery_depth"), body.get("space", "gallery"),
+                   [body["exit_depth"]] * len(vectors))  # fmt: skip
+
+    @classmethod
+    def join(cls, parts: list[Embeddings]) -> Embeddings:
+        """The answers to one input split over several requests, as one."""
+        if len(parts) == 1:
+            return parts[0]
+        last = parts[-1]
+        return cls(np.concatenate([p.vectors for p in parts]),
+                   min(p.exit_depth for p in parts), last.model, last.timing, last.gallery_depth,
+                   last.space, [d for p in parts for d in p.exit_depths])  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,8 @@ import asyncio
 
 from fastapi import APIRouter
 
-from service.deps import ReadDep, RuntimeDep
-from service.schemas import ModelOut
+from service.deps import ReadDep, RuntimeDep, SettingsDep
+from service.schemas import LimitsOut, ModelOut
 
 router = APIRouter(tags=["model"])
 
@@ -18,7 +18,7 @@ router = APIRouter(tags=["model"])
     summary="What is served: manifest, latency per (exit depth, batch size), accuracy per depth",
     description="Needs the read key when one is set.",
 )
-async def model(_: ReadDep, runtime: RuntimeDep) -> dict:
+async def model(_: ReadDep, runtime: RuntimeDep, settings: SettingsDep) -> dict:
     m = runtime.manifest
     curve = [
         {
@@ -43,4 +43,5 @@ async def model(_: ReadDep, runtime: RuntimeDep) -> dict:
         "latency": runtime.scheduler.table(),
         "calibration": runtime.scheduler.calibration.report(),
         "curve": curve,
+        "limits": {name: getattr(settings, name) for name in LimitsOut.model_fields},
     }

@@ -236,3 +236,45 @@ def test_both_clients_have_the_same_calls() -> None:
         return {n for n in dir(cls) if not n.startswith("_")} - {"close", "aclose"}
 
     assert calls(Client) == calls(AsyncClient)
+
+
+def test_large_inputs_are_split_under_the_servers_limits(tiny_bundle, tmp_path) -> None:
+    from sdssl_client._calls import split
+
+    assert split([10] * 5, {"max_images": 2, "max_body_bytes": 10**6}) == [
+        slice(0, 2), slice(2, 4), slice(4, 5)]  # fmt: skip
+    assert split([600, 600, 5000, 10], {"max_images": 64, "max_body_bytes": 2400}) == [
+        slice(0, 2),
+        slice(2, 3),
+        slice(3, 4),
+    ]  # fmt: skip  (the too-large one goes alone)
+    assert split([], {"max_images": 1, "max_body_bytes": 1}) == []
+    blobs = [digit_png(i) for i in range(11)]
+    s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", max_images=4,
+               max_body_bytes=4096).start()  # fmt: skip
+    try:
+        with Client(s.url) as c:
+            assert c.limits()["max_images"] == 4
+            e = c.embed(blobs, exit_depth=3)
+            assert e.vectors.shape == (11, 32) and e.exit_depths == [3] * 11
+            alone = c.embed(blobs[9], exit_depth=3)
+            assert np.allclose(e.vectors[9], alone.vectors[0], atol=1e-5)
+            added = c.add(blobs, [f"s-{i}" for i in range(11)], [{"i": i} for i in range(11)])
+            assert [i["id"] for i in added["items"]] == [f"s-{i}" for i in range(11)]
+            assert c.get("s-10").metadata == {"i": 10} and c.count() == 11
+            folder = tmp_path / "folder" / "7"
+            folder.mkdir(parents=True)
+            for i, b in enumerate(blobs):
+                (folder / f"f-{i}.png").write_bytes(b)
+            assert c.add_folder(tmp_path / "folder", batch_size=32, progress=False) == {
+                "added": 11}  # fmt: skip
+
+        async def both() -> tuple:
+            async with AsyncClient(s.url) as ac:
+                return await ac.embed(blobs, exit_depth=2), await ac.add(blobs, [
+                    f"a-{i}" for i in range(11)])  # fmt: skip
+
+        e2, added2 = asyncio.run(both())
+        assert e2.vectors.shape == (11, 32) and len(added2["items"]) == 11
+    finally:
+        s.stop()
