@@ -74,3 +74,16 @@ def test_reindex_a_folder_is_resumable(tiny_bundle, tmp_path) -> None:
         assert idx.get("the-extra") is not None
     finally:
         idx.close()
+
+
+def test_console_scripts_answer_help() -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    for name, says in (("sdssl-serve", "--bundle"), ("sdssl-train", "train"),
+                       ("sdssl-export", "--exit-depths"), ("sdssl-bench", "scale")):  # fmt: skip
+        res = subprocess.run([str(bin_dir / name), "--help"], capture_output=True, text=True,
+                             timeout=120)  # fmt: skip
+        assert res.returncode == 0 and says in res.stdout, (name, res.stderr)
