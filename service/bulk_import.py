@@ -17,9 +17,10 @@ import sys
 from pathlib import Path
 
 from export.manifest import BundleIntegrityError, bundle_id, load_verified
-from service.bulk import BATCH, Counts, SourceError, batches, open_source, write
+from service.bulk import BATCH, Counts, batches, write
 from service.index import IndexMismatch, StorageError, WriterLockHeld, open_index
 from service.settings import Settings
+from service.vector_sources import SourceError, open_source
 
 
 def bulk_import(
@@ -35,14 +36,17 @@ def bulk_import(
     settings = settings or Settings()
     manifest = load_verified(bundle)
     rows = open_source(source)  # refused before the index is opened
-    index = open_index(settings.model_copy(update={"data_dir": data_dir}), manifest,
-                       bundle_id(bundle), background=False)  # fmt: skip
-    counts = Counts()
     try:
-        write(index, batches(rows, manifest.model.dim, settings, counts, batch_size), len(rows),
-              counts, "bulk import", resume, progress)  # fmt: skip
+        index = open_index(settings.model_copy(update={"data_dir": data_dir}), manifest,
+                           bundle_id(bundle), background=False)  # fmt: skip
+        counts = Counts()
+        try:
+            write(index, batches(rows, manifest.model.dim, settings, counts, batch_size),
+                  len(rows), counts, "bulk import", resume, progress)  # fmt: skip
+        finally:
+            index.close()
     finally:
-        index.close()
+        rows.close()
     return counts
 
 

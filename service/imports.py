@@ -16,23 +16,27 @@ stored — and the same import with ``resume: true`` goes on where it stopped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from service.bulk import Batch, Counts, SourceError, VectorSource, batches, open_source
+from service.bulk import Batch, Counts, batches
 from service.bulk import store as store_batch
 from service.jobs import Job, JobStore
 from service.metrics import Metrics
 from service.rollout import mirrored, public_reason
 from service.runtime import Runtime, RuntimeHolder
 from service.settings import Settings
+from service.vector_sources import SourceError, VectorSource, open_source
 
 log = logging.getLogger(__name__)
 KIND = "import"
+RECORD_TRIES = 60  # an ended job's record is retried once a second this many times
 
 
-class ImportRefused(RuntimeError):
+class ImportRefused(Exception):
     """An import that cannot start (one-line reason; ``code`` and ``status`` for the API)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
@@ -42,20 +46,29 @@ class ImportRefused(RuntimeError):
 
 def resolve_source(settings: Settings, name: str) -> Path:
     """``name`` inside ``SDSSL_IMPORT_DIR``: a relative path that stays inside it once every
-    link is followed; ImportRefused otherwise (imports off, an escape, nothing there)."""
+    link is followed; ImportRefused otherwise (imports off, an escape, nothing there). Files
+    inside a folder source are then opened without following links
+    (:func:`~service.vector_sources.open_source`), so they cannot lead out either."""
     if settings.import_dir is None:
         raise ImportRefused(409, "imports_off", "imports are off: set SDSSL_IMPORT_DIR to the "
                             "folder the server may read import sources from")  # fmt: skip
-    root = settings.import_dir.resolve()
     relative = Path(name)
-    if not name or relative.is_absolute() or ".." in relative.parts or "\x00" in name:
+    if (not name or relative.is_absolute() or ".." in relative.parts
+            or any(ord(c) < 32 or ord(c) == 127 for c in name)):  # fmt: skip
         raise ImportRefused(422, "invalid_source", "source must be a relative path inside the "
-                            "import folder, without '..'")  # fmt: skip
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise ImportRefused(422, "invalid_source", "source leads outside the import folder")
-    if not path.exists():
-        raise ImportRefused(422, "invalid_source", f"no {name} in the import folder")
+                            "import folder, without '..' or control characters")  # fmt: skip
+    try:
+        root = settings.import_dir.resolve()
+        path = (root / relative).resolve()
+        if not path.is_relative_to(root):
+            raise ImportRefused(422, "invalid_source", "source leads outside the import folder")
+        if not path.exists():
+            raise ImportRefused(422, "invalid_source", f"no {name!r} in the import folder")
+    except (OSError, RuntimeError, ValueError) as exc:  # a link loop, a name too long, no access
+        why = (exc.strerror or "I/O error") if isinstance(exc, OSError) else "a link loop"
+        if isinstance(exc, ValueError):
+            why = "not a usable path"
+        raise ImportRefused(422, "invalid_source", f"{name!r} cannot be reached ({why})") from None
     return path
 
 
@@ -73,6 +86,7 @@ class Import:
         self.counts = Counts()
         self.task: asyncio.Task | None = None
         self.stop: str | None = None  # the state to end in after the current batch
+        self.woken = asyncio.Event()  # ends a pause between batches early
 
     async def run(self) -> None:
         job, m = self.job, self.manager
@@ -86,13 +100,14 @@ class Import:
                 if batch is None:
                     break
                 await self._store(batch)
-                job.done = min(job.total, job.done + job.batch)  # a chunk per batch
+                job.done += batch.read
                 self._count(time.monotonic() - started)
                 m.metrics.items.set(self.runtime.index.indexed())
                 await m.save(job)
                 if job.pause_ms and self.stop is None:
-                    await asyncio.sleep(job.pause_ms / 1000)
-            job.state = self.stop or "done"
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.woken.wait(), job.pause_ms / 1000)
+            job.state = "done" if job.done >= job.total else (self.stop or "done")
             if self.stop == "failed":
                 job.error = STOPPED.format(n=job.imported)
             log.info("import %s %s: %d stored, %d already present, %d refused", job.id,
@@ -105,6 +120,7 @@ class Import:
         finally:
             self._count(time.monotonic() - started)
             job.finished_at = time.time()
+            self.source.close()
             await m.release(self)
 
     async def _store(self, batch: Batch) -> None:
@@ -128,6 +144,7 @@ class Import:
     async def end(self, state: str) -> None:
         """Stop after the batch being written (every batch written stays) and wait for it."""
         self.stop = state
+        self.woken.set()
         if self.task is not None:
             await asyncio.shield(self.task)
 
@@ -138,51 +155,77 @@ class Imports:
     def __init__(self, settings: Settings, metrics: Metrics, holder: RuntimeHolder, jobs: JobStore):
         self.settings, self.metrics, self.holder, self.jobs = settings, metrics, holder, jobs
         self.active: Import | None = None
+        self.unsaved: dict[str, Job] = {}  # ended jobs whose record could not be written yet
 
     async def save(self, job: Job) -> None:
         await asyncio.to_thread(self.jobs.save, job)
 
     def get(self, job_id: str) -> Job | None:
-        """The running import's live record, if it is that job."""
+        """The running import's live record, if it is that job (or an ended one whose record
+        is not written yet)."""
         run = self.active
-        return run.job if run is not None and run.job.id == job_id else None
+        if run is not None and run.job.id == job_id:
+            return run.job
+        return self.unsaved.get(job_id)
 
     async def start(self, name: str, resume: bool, batch: int, pause_ms: float,
-                    rollout_running: bool) -> Job:  # fmt: skip
+                    rollout_running: Callable[[], bool]) -> Job:  # fmt: skip
         """Check the source (its format, its dimension) and start the job in the background;
-        ImportRefused with the reason otherwise."""
-        async with self.holder.reload_lock:
-            if self.holder.pinned_by is not None:
-                raise ImportRefused(409, "job_running", f"{self.holder.pinned_by} is running")
-            if rollout_running:
-                raise ImportRefused(409, "rollout_running", "a rollout is running: wait for it "
-                                    "or cancel it")  # fmt: skip
-            runtime = self.holder.current
-            if runtime is None:
-                raise ImportRefused(409, "starting", "the model is still loading")
-            path = await asyncio.to_thread(resolve_source, self.settings, name)
-            try:
-                source = await asyncio.to_thread(open_source, path, name)
-            except SourceError as exc:
-                raise ImportRefused(422, "invalid_source", str(exc)) from exc
-            dim = runtime.manifest.model.dim
-            if source.rows and source.dim != dim:
-                raise ImportRefused(422, "invalid_source", f"{name}: vectors have {source.dim} "
-                                    f"values; the served bundle's have {dim}")  # fmt: skip
-            job = Job(bundle=runtime.bundle_id, source=name, kind=KIND, batch=batch,
-                      pause_ms=pause_ms, resume=resume, total=source.rows)  # fmt: skip
-            await self.save(job)
-            run = Import(job, runtime, source, self)
-            self.active, self.holder.pinned_by = run, f"import {job.id}"
-            run.task = asyncio.get_running_loop().create_task(run.run())
+        ImportRefused with the reason otherwise. The source is opened before the reload lock is
+        taken (reading it may take a while); the checks that decide whether it may run are made
+        under that lock (``rollout_running`` among them), where reloads and rollouts make
+        theirs."""
+        if self.holder.pinned_by is not None:  # early, before any reading; checked again below
+            raise ImportRefused(409, "job_running", f"{self.holder.pinned_by} is running")
+        path = await asyncio.to_thread(resolve_source, self.settings, name)
+        try:
+            source = await asyncio.to_thread(open_source, path, repr(name), False)
+        except SourceError as exc:
+            raise ImportRefused(422, "invalid_source", str(exc)) from exc
+        try:
+            async with self.holder.reload_lock:
+                if self.holder.pinned_by is not None:
+                    raise ImportRefused(409, "job_running", f"{self.holder.pinned_by} is running")
+                if rollout_running():
+                    raise ImportRefused(409, "rollout_running", "a rollout is running: wait for "
+                                        "it or cancel it")  # fmt: skip
+                runtime = self.holder.current
+                if runtime is None:
+                    raise ImportRefused(409, "starting", "the model is still loading")
+                dim = runtime.manifest.model.dim
+                if source.rows and source.dim != dim:
+                    why = f"vectors have {source.dim} values; the served bundle's have {dim}"
+                    raise ImportRefused(422, "invalid_source", f"{name!r}: {why}")
+                job = Job(bundle=runtime.bundle_id, source=name, kind=KIND, batch=batch,
+                          pause_ms=pause_ms, resume=resume, total=source.rows)  # fmt: skip
+                await self.save(job)
+                run = Import(job, runtime, source, self)
+                self.active, self.holder.pinned_by = run, f"import {job.id}"
+                run.task = asyncio.get_running_loop().create_task(run.run())
+        except BaseException:
+            source.close()
+            raise
         return job
 
     async def release(self, run: Import) -> None:
-        """The import ended: record it and let reloads and rollouts run again."""
-        await self.save(run.job)
+        """The import ended: let reloads and rollouts run again, then record it (a record that
+        cannot be written is logged; it never keeps the server pinned)."""
         if self.active is run:
             self.active = None
             self.holder.pinned_by = None
+        job = run.job
+        for attempt in range(RECORD_TRIES):
+            try:
+                await self.save(job)
+                self.unsaved.pop(job.id, None)
+                return
+            except OSError as exc:
+                if attempt == 0:
+                    log.warning("import %s: its record cannot be written (%s); retrying",
+                                job.id, exc)  # fmt: skip
+                self.unsaved[job.id] = job  # answered from memory meanwhile
+                await asyncio.sleep(1.0)
+        log.error("import %s: its record could not be written in %d tries", job.id, RECORD_TRIES)
 
     async def fail_stale(self) -> None:
         """At start: an import a stopped process left running is failed (it does not resume

@@ -269,7 +269,7 @@ async def start_import(
 ) -> dict:
     try:
         job = await imports.start(body.source, body.resume, body.batch, body.pause_ms,
-                                  rollout_running=rollouts.active is not None)  # fmt: skip
+                                  rollout_running=lambda: rollouts.active is not None)  # fmt: skip
     except ImportRefused as exc:
         raise APIError(exc.status, exc.code, str(exc)) from exc
     return job.public()

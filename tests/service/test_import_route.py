@@ -63,7 +63,7 @@ def test_imports_are_off_unless_a_folder_is_set_and_stay_inside_it(tiny_bundle, 
             ("../outside", "without '..'"),
             (str(tmp_path / "outside"), "relative path"),
             ("link", "outside the import folder"),
-            ("nothing-here", "no nothing-here"),
+            ("nothing-here", "no 'nothing-here'"),
             ("narrow", "have 16 values; the served bundle's have 32"),
             ("junk.npz", "not an .npz"),
             ("", "relative path"),
@@ -186,14 +186,17 @@ def test_the_cli_reads_parquet_and_says_what_it_cannot(tiny_bundle, tmp_path) ->
     path = parquet(tmp_path / "rows.parquet", v, [f"q-{i}" for i in range(30)])
     res = run(str(tiny_bundle), str(path), "--data-dir", str(tmp_path / "data"), "--quiet")
     assert res.returncode == 0 and "imported 30," in res.stdout, res.stderr
-    ragged = tmp_path / "ragged.parquet"
-    pq.write_table(pa.table({"id": ["a", "b"], "vector": [[0.1] * DIM, [0.2] * 3]}), ragged)
+    ragged = tmp_path / "ragged.parquet"  # a row of another length is refused alone
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "vector": [[0.1] * DIM, [0.2] * 3, None]}),
+                   ragged)  # fmt: skip
+    res = run(str(tiny_bundle), str(ragged), "--data-dir", str(tmp_path / "data"), "--quiet")
+    assert res.returncode == 0 and "imported 1, already present 0, refused 2" in res.stdout
+    assert "row 1 ('b'): its vector is missing, of another length" in res.stderr
     nameless = tmp_path / "nameless.parquet"
     pq.write_table(pa.table({"key": ["a"], "vector": [[0.1] * DIM]}), nameless)
     ints = tmp_path / "ints.parquet"
     pq.write_table(pa.table({"id": ["a"], "vector": [[1] * DIM]}), ints)
-    for bad, why in ((ragged, "vectors of 3 and 32 values"), (nameless, "no column 'id'"),
-                     (ints, "must be a list of floats")):  # fmt: skip
+    for bad, why in ((nameless, "no column 'id'"), (ints, "must be a list of floats")):
         res = run(str(tiny_bundle), str(bad), "--data-dir", str(tmp_path / "data"), "--quiet")
         assert res.returncode == 2 and why in res.stderr, (bad, res.stderr)
         assert "Traceback" not in res.stderr
