@@ -12,8 +12,8 @@ columns ``id``, ``vector``, ``metadata`` (the ``parquet`` extra) — are read by
 Rows are checked as the API checks them — the id rule, metadata within the size and depth
 limits, finite vectors of the bundle's dimension with a non-zero norm (normalised here) — and a
 row that fails is skipped and counted, its reason logged (the first few). Each batch is one
-durable upsert (:meth:`~service.index.ItemIndex.upsert`): once its progress line is printed it
-survives a kill -9. A later id replaces an earlier one, within a source as across runs;
+durable upsert (:meth:`~service.index.ItemIndex.upsert`): once the progress bar counts it as
+stored it survives a kill -9. A later id replaces an earlier one, within a source as across runs;
 ``resume`` skips ids already stored instead, so an interrupted import goes on where it stopped.
 """
 
@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from service.errors import APIError
 from service.index import ItemIndex
@@ -163,15 +163,13 @@ def write(
     progress: bool = True,
 ) -> Counts:
     """:func:`store` every batch (``resume``: an id repeated in the source then keeps its first
-    row, where a run without it keeps the last); a progress line after each commit says how
-    many rows are stored so far."""
-    started, seen = time.perf_counter(), 0
-    for batch in source:
-        seen += store(index, batch, counts, resume)
-        if progress:
-            rate = counts.imported / max(1e-9, time.perf_counter() - started)
-            print(f"\r{label}: {counts.imported} stored ({seen + counts.refused}/{total} rows "
-                  f"read), {rate:,.0f}/s", end="", file=sys.stderr, flush=True)  # fmt: skip
-    if progress:
-        print(file=sys.stderr)
+    row, where a run without it keeps the last); the progress bar (stderr) counts rows read and
+    says how many are stored, after each commit."""
+    bar = tqdm(total=total, desc=label, unit="row", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, postfix="0 stored")  # fmt: skip
+    with bar:
+        for batch in source:
+            rows = store(index, batch, counts, resume)
+            bar.set_postfix_str(f"{counts.imported} stored", refresh=False)
+            bar.update(batch.read or rows)
     return counts

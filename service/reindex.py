@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="image folders, list files or index folders")  # fmt: skip
     parser.add_argument("--data-dir", type=Path, default=None, help="default: SDSSL_DATA_DIR")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument(
         "--if-empty", action="store_true", help="do nothing if the index already holds items"
     )
