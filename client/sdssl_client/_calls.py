@@ -104,6 +104,18 @@ def embed(
     )
 
 
+def embed_parts(
+    blobs: list[bytes],
+    limits: dict[str, int],
+    exit_depth: int | None,
+    budget_ms: float | None,
+    space: str = "gallery",
+) -> list[tuple[Call, int]]:
+    """:func:`embed` calls for ``blobs`` split under ``limits``, each with its image count."""
+    return [(embed(blobs[part], exit_depth, budget_ms, space), part.stop - part.start)
+            for part in split([len(b) for b in blobs], limits)]  # fmt: skip
+
+
 def search(
     image: ImageLike | None,
     vector: Any,
@@ -177,6 +189,16 @@ def add(blobs: list[bytes], ids: list[str], metadata: list[Any] | None) -> Call:
     if metadata is not None:
         data["metadata"] = [json.dumps(m) for m in metadata]
     return Call("POST", "/v1/items", _json, data=data, files=_files("images", blobs), write=True)
+
+
+def add_parts(
+    images: ImageLike | list[ImageLike], ids: str | list[str], metadata: Any, limits: dict[str, int]
+) -> list[tuple[Call, int]]:
+    """:func:`add` calls for the images split under ``limits``, each with its image count."""
+    blobs, ids, metas = items(images, ids, metadata)
+    return [(add(blobs[part], ids[part], None if metas is None else metas[part]),
+             part.stop - part.start)
+            for part in split([len(b) for b in blobs], limits)]  # fmt: skip
 
 
 def join_adds(parts: list[dict]) -> dict:

@@ -64,6 +64,20 @@ def _bar(total: int, enabled: bool, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="img")
 
 
+def _tracked(parts: list[tuple[calls.Call, int]], progress: bool, desc: str) -> Iterator[Any]:
+    """The calls of a split request in order; a progress bar (when ``progress`` and there is
+    more than one) counts each call's images once the caller asks for the next one."""
+    bar = _bar(sum(n for _, n in parts), progress and len(parts) > 1, desc)
+    try:
+        for call, n in parts:
+            yield call
+            if bar is not None:
+                bar.update(n)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 class Client(_Base):
     """Blocking client.
 
@@ -120,19 +134,8 @@ class Client(_Base):
         ``budget_ms``, or the deepest — in the gallery's space (searchable), or with
         ``space="raw"`` the exit's own embedding. More images than one request may hold are
         sent in several (a progress bar when ``progress``); ``exit_depths`` has each row's."""
-        blobs = many(images)
-        parts = calls.split([len(b) for b in blobs], self.limits())
-        bar = _bar(len(blobs), progress and len(parts) > 1, "embed")
-        out = []
-        try:
-            for part in parts:
-                out.append(self._send(calls.embed(blobs[part], exit_depth, budget_ms, space)))
-                if bar is not None:
-                    bar.update(part.stop - part.start)
-        finally:
-            if bar is not None:
-                bar.close()
-        return Embeddings.join(out)
+        plan = calls.embed_parts(many(images), self.limits(), exit_depth, budget_ms, space)
+        return Embeddings.join([self._send(c) for c in _tracked(plan, progress, "embed")])
 
     def limits(self) -> dict[str, int]:
         """What one request may hold (``GET /v1/model``'s ``limits``), read once."""
@@ -184,20 +187,8 @@ class Client(_Base):
     ) -> dict:
         """Add or replace items (one id, and optionally one JSON document, per image); more
         than one request may hold are sent in several, in order."""
-        blobs, ids, metas = calls.items(images, ids, metadata)
-        parts = calls.split([len(b) for b in blobs], self.limits())
-        bar = _bar(len(blobs), progress and len(parts) > 1, "add")
-        out = []
-        try:
-            for part in parts:
-                chunk = None if metas is None else metas[part]
-                out.append(self._send(calls.add(blobs[part], ids[part], chunk)))
-                if bar is not None:
-                    bar.update(part.stop - part.start)
-        finally:
-            if bar is not None:
-                bar.close()
-        return calls.join_adds(out)
+        plan = calls.add_parts(images, ids, metadata, self.limits())
+        return calls.join_adds([self._send(c) for c in _tracked(plan, progress, "add")])
 
     def add_folder(
         self,
@@ -357,19 +348,9 @@ class AsyncClient(_Base):
         space: str = "gallery",
         progress: bool = False,
     ) -> Embeddings:
-        blobs = many(images)
-        parts = calls.split([len(b) for b in blobs], await self.limits())
-        bar = _bar(len(blobs), progress and len(parts) > 1, "embed")
-        out = []
-        try:
-            for part in parts:
-                out.append(await self._send(calls.embed(blobs[part], exit_depth, budget_ms, space)))
-                if bar is not None:
-                    bar.update(part.stop - part.start)
-        finally:
-            if bar is not None:
-                bar.close()
-        return Embeddings.join(out)
+        limits = await self.limits()
+        plan = calls.embed_parts(many(images), limits, exit_depth, budget_ms, space)
+        return Embeddings.join([await self._send(c) for c in _tracked(plan, progress, "embed")])
 
     async def limits(self) -> dict[str, int]:
         if self._limits is None:
@@ -412,20 +393,8 @@ class AsyncClient(_Base):
         *,
         progress: bool = False,
     ) -> dict:
-        blobs, ids, metas = calls.items(images, ids, metadata)
-        parts = calls.split([len(b) for b in blobs], await self.limits())
-        bar = _bar(len(blobs), progress and len(parts) > 1, "add")
-        out = []
-        try:
-            for part in parts:
-                chunk = None if metas is None else metas[part]
-                out.append(await self._send(calls.add(blobs[part], ids[part], chunk)))
-                if bar is not None:
-                    bar.update(part.stop - part.start)
-        finally:
-            if bar is not None:
-                bar.close()
-        return calls.join_adds(out)
+        plan = calls.add_parts(images, ids, metadata, await self.limits())
+        return calls.join_adds([await self._send(c) for c in _tracked(plan, progress, "add")])
 
     async def add_folder(
         self,
