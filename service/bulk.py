@@ -86,11 +86,14 @@ def batches(
     source: VectorSource, dim: int, settings: Settings, counts: Counts, size: int = BATCH
 ) -> Iterator[Batch]:
     """The source's valid rows, ``size`` at a time; refused rows are counted in ``counts``."""
-    if source.rows and source.dim != dim:
+    if (source.rows or source.dim) and source.dim != dim:
         raise SourceError(f"{source.name}: vectors have {source.dim} values; the bundle's "
                           f"have {dim}")  # fmt: skip
     start = 0
     for ids, rows, texts in source.chunks(size):
+        if rows.shape[1:] != (dim,):  # a source whose header said otherwise
+            raise SourceError(f"{source.name}: rows of {rows.shape[1:]} values; the bundle's "
+                              f"have {dim}")  # fmt: skip
         norms = np.linalg.norm(rows, axis=1)
         good = np.isfinite(rows).all(axis=1) & np.isfinite(norms) & (norms > 0)
         kept: dict[str, tuple[Any, np.ndarray]] = {}  # a repeated id: the later row wins

@@ -35,7 +35,7 @@ def bulk_import(
     """Load ``source`` into ``bundle``'s gallery in ``data_dir``; the counts."""
     settings = settings or Settings()
     manifest = load_verified(bundle)
-    rows = open_source(source)  # refused before the index is opened
+    rows = open_source(source, dim=manifest.model.dim)  # refused before the index opens
     try:
         index = open_index(settings.model_copy(update={"data_dir": data_dir}), manifest,
                            bundle_id(bundle), background=False)  # fmt: skip

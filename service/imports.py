@@ -178,8 +178,10 @@ class Imports:
         if self.holder.pinned_by is not None:  # early, before any reading; checked again below
             raise ImportRefused(409, "job_running", f"{self.holder.pinned_by} is running")
         path = await asyncio.to_thread(resolve_source, self.settings, name)
+        serving = self.holder.current
+        expect = serving.manifest.model.dim if serving is not None else None
         try:
-            source = await asyncio.to_thread(open_source, path, repr(name), False)
+            source = await asyncio.to_thread(open_source, path, repr(name), False, expect)
         except SourceError as exc:
             raise ImportRefused(422, "invalid_source", str(exc)) from exc
         try:
@@ -193,7 +195,7 @@ class Imports:
                 if runtime is None:
                     raise ImportRefused(409, "starting", "the model is still loading")
                 dim = runtime.manifest.model.dim
-                if source.rows and source.dim != dim:
+                if (source.rows or source.dim) and source.dim != dim:
                     why = f"vectors have {source.dim} values; the served bundle's have {dim}"
                     raise ImportRefused(422, "invalid_source", f"{name!r}: {why}")
                 job = Job(bundle=runtime.bundle_id, source=name, kind=KIND, batch=batch,

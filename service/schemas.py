@@ -349,7 +349,9 @@ class JobOut(BaseModel):
     mirrored: int = Field(description="client writes made during the job, written to both")
     skipped: int = Field(description="rollout: items changed or deleted while the job read "
                          "them; import with resume: rows whose id was already stored")  # fmt: skip
-    imported: int = Field(0, description="import: rows stored")
+    imported: int = Field(
+        0, description="import: rows written (an id repeated in the source counts each time)"
+    )
     refused: int = Field(0, description="import: rows that failed the API's checks (skipped)")
     reasons: list[str] = Field(
         default_factory=list, description="import: why rows were refused (the first 20)"

@@ -34,7 +34,8 @@ import numpy as np
 
 CHUNK_BYTES = 64 * 2**20  # metadata text per chunk, about
 MAX_NPZ_BYTES = 2**30  # an .npz's arrays, uncompressed (larger: a folder of .npy files)
-ID_LINE = 4096  # bytes of an ids.txt line (ids are at most 256 characters)
+ID_LINE = 1100  # bytes of an ids.txt line (ids are at most 256 characters, 4 bytes each)
+ID_NPY_BYTES = 1024  # an ids array's item: U256 or S1024
 METADATA_LINE = 2**20  # bytes of a metadata.jsonl line (compact metadata is far smaller)
 PARQUET_METADATA_ROWS = 4096  # rows per Parquet batch when it has a metadata column
 FLOATS = ("f2", "f4", "f8")
@@ -68,22 +69,46 @@ class VectorSource:
         return self.rows
 
 
-def open_source(path: Path, name: str | None = None, follow_links: bool = True) -> VectorSource:
+def open_source(
+    path: Path, name: str | None = None, follow_links: bool = True, dim: int | None = None
+) -> VectorSource:
     """The source at ``path`` (a folder, an ``.npz`` or a ``.parquet``); ``name`` is how
-    messages call it (default: the path)."""
+    messages call it (default: the path); ``dim``, the vectors' expected length, bounds what a
+    Parquet file's row groups may hold before any is read."""
     name = name or str(path)
     try:
         if path.is_dir():
-            return _folder(path, name, follow_links)
-        if path.suffix == ".npz":
-            return _npz(path, name)
-        if path.suffix == ".parquet":
-            return _parquet(path, name)
+            source = _folder(path, name, follow_links)
+        elif path.suffix == ".npz":
+            source = _npz(path, name)
+        elif path.suffix == ".parquet":
+            source = _parquet(path, name, dim)
+        else:
+            raise SourceError(f"{name}: neither a folder with vectors.npy nor an .npz or "
+                              ".parquet file")  # fmt: skip
     except SourceError:
         raise
-    except (OSError, ValueError, RuntimeError, MemoryError, KeyError, EOFError) as exc:
+    except Exception as exc:  # a parser's own error (tokenize, zlib, lzma, arrow…): the file's
         raise SourceError(f"{name}: cannot be read ({_reason(exc)})") from None
-    raise SourceError(f"{name}: neither a folder with vectors.npy nor an .npz or .parquet file")
+    if source.rows < 0:
+        source.close()
+        raise SourceError(f"{name}: a negative row count")
+    return _guarded(source)
+
+
+def _guarded(source: VectorSource) -> VectorSource:
+    """The source whose chunks raise only SourceError, whatever fails while they are read."""
+    inner = source.chunks
+
+    def chunks(size: int) -> Iterator[Chunk]:
+        try:
+            yield from inner(size)
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{source.name}: cannot be read further ({_reason(exc)})") from None
+
+    return VectorSource(source.name, source.rows, source.dim, chunks, source.close)
 
 
 def _reason(exc: BaseException) -> str:
@@ -130,13 +155,13 @@ class NpyFile:
             self.offset = fh.tell()
         except SourceError:
             raise
-        except (ValueError, OSError, SyntaxError) as exc:
+        except Exception as exc:  # ValueError, SyntaxError, tokenize.TokenError…
             raise SourceError(f"{name}: not an .npy file ({_reason(exc)})") from None
         finally:
             fh.close()
         if fortran and len(shape) > 1:
             raise SourceError(f"{name}: Fortran-ordered arrays are not read (save it C-ordered)")
-        if dtype.hasobject or not shape:
+        if dtype.hasobject or not shape or dtype.itemsize == 0 or min(shape) < 0:
             raise SourceError(f"{name}: not an array of plain values")
         self.shape, self.dtype = tuple(shape), dtype
         self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
@@ -157,13 +182,32 @@ class NpyFile:
 
 
 # ---- text lines --------------------------------------------------------------------------------
-def count_lines(fd: int) -> int:
-    """Lines of a text file (a last line without ``\\n`` counts), in constant memory."""
+def count_lines(fd: int, most: int | None = None) -> int:
+    """Lines of a text file (a last line without ``\\n`` counts), in constant memory; past
+    ``most`` it stops (and answers ``most + 1``)."""
     lines, last, offset = 0, b"", 0
     while block := os.pread(fd, 1 << 20, offset):
         lines += block.count(b"\n")
         last, offset = block[-1:], offset + len(block)
+        if most is not None and lines > most:
+            return most + 1
     return lines + (1 if last not in (b"", b"\n") else 0)
+
+
+def _count_lines(fd: int, rows: int, limit: int, name: str) -> int:
+    """:func:`count_lines` of a file that should hold ``rows`` lines of at most ``limit`` bytes:
+    one far larger than that (a sparse file, say) is refused before it is read."""
+    size = os.fstat(fd).st_size
+    if size > rows * (limit + 2) + 2:
+        raise SourceError(f"{name}: {size} bytes for {rows} lines of at most {limit} bytes")
+    return count_lines(fd, rows)
+
+
+def _check_ids(shape: tuple, dtype: np.dtype, name: str) -> None:
+    if len(shape) != 1 or dtype.kind not in "US":
+        raise SourceError(f"{name}: ids must be a 1-D array of strings")
+    if dtype.itemsize > ID_NPY_BYTES:
+        raise SourceError(f"{name}: ids of {dtype} are longer than ids may be")
 
 
 def read_lines(fd: int, limit: int) -> Iterator[str]:
@@ -207,19 +251,20 @@ def _folder(path: Path, name: str, follow_links: bool) -> VectorSource:
         _check_vectors(vectors.shape, vectors.dtype, name)
         if present("ids.txt"):
             id_fd, ids_npy = member("ids.txt"), None
-            n_ids = count_lines(id_fd)
+            n_ids = _count_lines(id_fd, vectors.rows, ID_LINE, f"{name}/ids.txt")
         elif present("ids.npy"):
             ids_npy = NpyFile(member("ids.npy"), f"{name}/ids.npy")
-            if len(ids_npy.shape) != 1 or ids_npy.dtype.kind not in "US":
-                raise SourceError(f"{name}: ids.npy must be a 1-D array of strings")
+            _check_ids(ids_npy.shape, ids_npy.dtype, f"{name}/ids.npy")
             n_ids = ids_npy.rows
         else:
             raise SourceError(f"{name}: no ids.txt or ids.npy beside vectors.npy")
         if n_ids != vectors.rows:
             raise SourceError(f"{name}: {vectors.rows} vectors but {n_ids} ids")
         meta_fd = member("metadata.jsonl") if present("metadata.jsonl") else None
-        if meta_fd is not None and (lines := count_lines(meta_fd)) != n_ids:
-            raise SourceError(f"{name}: metadata.jsonl has {lines} lines for {n_ids} ids")
+        if meta_fd is not None:
+            lines = _count_lines(meta_fd, n_ids, METADATA_LINE, f"{name}/metadata.jsonl")
+            if lines != n_ids:
+                raise SourceError(f"{name}: metadata.jsonl has {lines} lines for {n_ids} ids")
     except BaseException:
         close()
         raise
@@ -232,7 +277,7 @@ def _folder(path: Path, name: str, follow_links: bool) -> VectorSource:
             texts: list[str | None] = []
             used = 0
             while len(texts) < size and start + len(texts) < vectors.rows and used < CHUNK_BYTES:
-                text = next(meta_lines, None) if meta_lines is not None else None
+                text = next(meta_lines, BadLine("missing")) if meta_lines is not None else None
                 texts.append(text)
                 used += len(text) if text is not None else 0
             stop = start + len(texts)
@@ -276,6 +321,10 @@ def _npz(path: Path, name: str) -> VectorSource:
         try:
             with zipfile.ZipFile(fh) as z:
                 infos = {i.filename: i for i in z.infolist()}
+                if any(i.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED)
+                       for i in infos.values()):  # fmt: skip
+                    raise SourceError(f"{name}: only stored or deflated members are read (as "
+                                      "numpy.savez and savez_compressed write them)")  # fmt: skip
                 total = sum(i.file_size for i in infos.values())
                 if total > MAX_NPZ_BYTES:
                     raise SourceError(f"{name}: {total} bytes of arrays; an .npz is read "
@@ -293,8 +342,7 @@ def _npz(path: Path, name: str) -> VectorSource:
             raise SourceError(f"{name}: not an .npz with vectors and ids ({why})") from None
     vectors, ids = arrays["vectors"], arrays["ids"]
     _check_vectors(vectors.shape, vectors.dtype, name)
-    if ids.ndim != 1 or ids.dtype.kind not in "US":
-        raise SourceError(f"{name}: ids must be a 1-D array of strings")
+    _check_ids(ids.shape, ids.dtype, name)
     if len(ids) != len(vectors):
         raise SourceError(f"{name}: {len(vectors)} vectors but {len(ids)} ids")
     texts = arrays.get("metadata")
@@ -322,11 +370,11 @@ def _npz_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndar
             version = np.lib.format.read_magic(fh)
             header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                       else np.lib.format.read_array_header_2_0)(fh)  # fmt: skip
-        except (ValueError, SyntaxError) as exc:
+        except Exception as exc:  # ValueError, SyntaxError, tokenize.TokenError, zlib.error…
             raise SourceError(f"{name}: {info.filename} is not an .npy ({_reason(exc)})") from None
     shape, _, dtype = header
-    if dtype.hasobject:
-        raise SourceError(f"{name}: {info.filename} holds Python objects")
+    if dtype.hasobject or dtype.itemsize == 0 or min(shape, default=0) < 0:
+        raise SourceError(f"{name}: {info.filename} is not an array of plain values")
     if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > info.file_size:
         raise SourceError(f"{name}: {info.filename} is shorter than its header says")
     with z.open(info) as fh:
@@ -337,17 +385,18 @@ def _npz_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> np.ndar
 PARQUET_EXTRA = "Parquet needs pyarrow: pip install 'sdssl-service[parquet]'"
 
 
-def _parquet(path: Path, name: str) -> VectorSource:
+def _parquet(path: Path, name: str, expect: int | None) -> VectorSource:
     """Columns ``id`` (string), ``vector`` (a list of floats, one length throughout) and
     optionally ``metadata`` (JSON text or null), read a record batch at a time."""
     try:
         import pyarrow as pa
+        import pyarrow.compute
         import pyarrow.parquet as pq
     except ImportError:
         raise SourceError(f"{name}: {PARQUET_EXTRA}") from None
     fh = os.fdopen(_open(path, name), "rb")
     try:
-        pf, columns, dim = _parquet_schema(pa, pq, fh, name)
+        pf, columns, dim = _parquet_schema(pa, pq, fh, name, expect)
     except SourceError:
         fh.close()
         raise
@@ -357,20 +406,15 @@ def _parquet(path: Path, name: str) -> VectorSource:
 
     def chunks(size: int) -> Iterator[Chunk]:
         rows = min(size, PARQUET_METADATA_ROWS) if "metadata" in columns else size
-        batches = pf.iter_batches(batch_size=rows, columns=columns)
-        while True:
-            try:
-                rb = next(batches, None)
-            except (OSError, ValueError, pa.ArrowException) as exc:
-                raise SourceError(f"{name}: cannot be read further ({_reason(exc)})") from None
-            if rb is None:
-                return
+        for rb in pf.iter_batches(batch_size=rows, columns=columns):
             yield _parquet_rows(pa, rb, dim, len(columns) == 3)
 
-    return VectorSource(name, pf.metadata.num_rows, dim, chunks, fh.close)
+    meta = pf.metadata  # rows as the row groups count them (the footer's total may lie)
+    rows = sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups))
+    return VectorSource(name, rows, dim, chunks, fh.close)
 
 
-def _parquet_schema(pa, pq, fh, name: str):
+def _parquet_schema(pa, pq, fh, name: str, expect: int | None):
     pf = pq.ParquetFile(fh)
     schema = pf.schema_arrow
     if len(set(schema.names)) != len(schema.names):
@@ -393,14 +437,29 @@ def _parquet_schema(pa, pq, fh, name: str):
         columns.append("metadata")
     if pa.types.is_fixed_size_list(vtype):
         dim = vtype.list_size
-    else:  # the first row with a vector sets the length
-        dim = 0
-        for rb in pf.iter_batches(batch_size=1024, columns=["vector"]):
-            lengths = rb.column(0).value_lengths().drop_null()
-            if len(lengths):
-                dim = int(lengths[0].as_py())
-                break
+        _check_row_groups(pf, dim, name)
+    else:  # bounded by the expected length first, then the first rows' own length if it is one
+        dim = expect if expect is not None else 0
+        _check_row_groups(pf, max(dim, 1) if expect is not None else 2**20, name)
+        first = next(pf.iter_batches(batch_size=16, columns=["vector"]), None)
+        if first is not None:
+            lengths = set(first.column(0).value_lengths().drop_null().to_pylist())
+            if len(lengths) == 1 and (expect is None or lengths != {expect}):
+                dim = lengths.pop()  # one length throughout, another than expected: say so
     return pf, columns, dim
+
+
+def _check_row_groups(pf, dim: int, name: str) -> None:
+    """Refuse, from the footer alone, row groups whose vectors hold more values than their rows
+    can use (a compressed run of long lists would otherwise be decompressed whole)."""
+    meta = pf.metadata
+    leaf = next(i for i in range(meta.num_columns)
+                if meta.schema.column(i).path.split(".")[0] == "vector")  # fmt: skip
+    for g in range(meta.num_row_groups):
+        rg = meta.row_group(g)
+        if rg.column(leaf).num_values > rg.num_rows * (dim + 1):
+            raise SourceError(f"{name}: row group {g} holds {rg.column(leaf).num_values} vector "
+                              f"values for {rg.num_rows} rows of {dim}")  # fmt: skip
 
 
 def _is_text(pa, t) -> bool:
@@ -429,6 +488,34 @@ def _parquet_rows(pa, rb, dim: int, with_metadata: bool) -> Chunk:
         if good.any() and dim:
             index = offsets[:-1][good][:, None] + np.arange(dim)
             out[good] = values[index]
-    ids = [BadLine("null") if x is None else str(x) for x in rb.column(0).to_pylist()]
-    meta = rb.column(2).to_pylist() if with_metadata else [None] * n
+    ids = [BadLine("null") if x is None else x for x in _texts(pa, rb.column(0), ID_LINE)]
+    meta = _texts(pa, rb.column(2), METADATA_LINE) if with_metadata else [None] * n
     return ids, out, meta
+
+
+def _texts(pa, column, limit: int) -> list[str | None]:
+    """A string column's rows (None: null), each checked for length before it is decoded: a
+    BadLine past ``limit`` bytes or where it is not UTF-8. A dictionary's values are decoded
+    once, however often its rows repeat them."""
+    if pa.types.is_null(column.type):
+        return [None] * len(column)
+    if pa.types.is_dictionary(column.type):
+        values = _texts(pa, column.dictionary, limit)
+        return [None if i is None else values[i] for i in column.indices.to_pylist()]
+    raw = column.cast(pa.large_binary())
+    lengths = np.nan_to_num(pa.compute.binary_length(raw).to_numpy(zero_copy_only=False))
+    too_long = lengths > limit
+    if too_long.any():  # blank those rows before anything is copied out
+        raw = pa.compute.if_else(pa.array(too_long), pa.scalar(b"", pa.large_binary()), raw)
+    out: list[str | None] = []
+    for i, value in enumerate(raw.to_pylist()):
+        if too_long[i]:
+            out.append(BadLine(f"longer than {limit} bytes"))
+        elif value is None:
+            out.append(None)
+        else:
+            try:
+                out.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(BadLine("not UTF-8"))
+    return out

@@ -214,3 +214,65 @@ def test_an_import_cannot_start_beside_a_rollout(tiny_bundle, tiny_bundle_b, tmp
                 if out[name].status_code == 202:
                     job = out[name].json()
                     c.post(f"/v1/admin/jobs/{job['id']}/cancel")
+
+
+def npy_raw_header(path: Path, header: bytes, data: bytes = b"") -> None:
+    header += b" " * (64 - (10 + len(header) + 1) % 64) + b"\n"
+    path.write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data)
+
+
+def test_a_second_review_of_the_reader(tiny_bundle, tmp_path) -> None:
+    """Corrupt or bomb-shaped sources (found by a second review; each failed before its fix):
+    refused with one line — or, a row at a time, only the rows that cannot be used."""
+    inbox = tmp_path / "inbox"
+    # numpy's header parser raises tokenize.TokenError on an unclosed bracket
+    (inbox / "tok").mkdir(parents=True)
+    npy_raw_header(inbox / "tok" / "vectors.npy",
+                   b"{'descr': '<f4', 'fortran_order': False, 'shape': (3, 32, }")  # fmt: skip
+    (inbox / "tok" / "ids.txt").write_text("a\nb\nc\n")
+    # bzip2 members decompress without bound: refused before reading
+    np.save(tmp_path / "v.npy", unit(3))
+    np.save(tmp_path / "i.npy", np.array(["a", "b", "c"]))
+    with zipfile.ZipFile(inbox / "bz.npz", "w", zipfile.ZIP_BZIP2) as z:
+        z.write(tmp_path / "v.npy", "vectors.npy")
+        z.write(tmp_path / "i.npy", "ids.npy")
+    # a corrupt deflate stream (zlib.error)
+    np.savez_compressed(inbox / "zl.npz", vectors=unit(300), ids=np.array([f"x{i}" for i in
+                                                                          range(300)]))  # fmt: skip
+    raw = bytearray((inbox / "zl.npz").read_bytes())
+    raw[200:400] = bytes(b ^ 0xA5 for b in raw[200:400])
+    (inbox / "zl.npz").write_bytes(bytes(raw))
+    # a sparse ids.txt of a gigabyte for one vector: refused by its size, not read
+    (inbox / "sparse").mkdir()
+    np.save(inbox / "sparse" / "vectors.npy", unit(1))
+    with open(inbox / "sparse" / "ids.txt", "wb") as fh:
+        fh.truncate(2**30)
+    # ids.npy items of 50 M characters (a sparse file): refused by their width
+    (inbox / "wide").mkdir()
+    np.save(inbox / "wide" / "vectors.npy", unit(3))
+    npy_raw_header(inbox / "wide" / "ids.npy",
+                   b"{'descr': '<U50000000', 'fortran_order': False, 'shape': (3,), }")  # fmt: skip
+    with open(inbox / "wide" / "ids.npy", "r+b") as fh:
+        fh.truncate(4096 + 3 * 4 * 50_000_000)
+    # Parquet: row groups whose vectors hold far more values than rows of the bundle's length
+    pq.write_table(pa.table({"id": [f"b{i}" for i in range(200)],
+                             "vector": [np.zeros(20_000, np.float32)] * 200}),
+                   inbox / "bomb.parquet")  # fmt: skip
+    with Server(tiny_bundle, tmp_path / "d", tmp_path / "log", import_dir=str(inbox)) as s:
+        for name, why in (("tok", "not an .npy file"), ("bz.npz", "only stored or deflated"),
+                          ("zl.npz", "while decompressing"), ("sparse", "bytes for 1 lines"),
+                          ("wide", "longer than ids may be"),
+                          ("bomb.parquet", "vector values for 200 rows of 32")):  # fmt: skip
+            started = time.monotonic()
+            res = post(s, {"source": name})
+            assert res.status_code == 422 and why in res.text, (name, res.text[:300])
+            assert time.monotonic() - started < 10, name
+    # rows a Parquet file cannot give (not UTF-8, a short vector first) are refused alone
+    bad_id = pa.array([b"\xff\xfe", b"ok", b"fine"], pa.binary()).view(pa.string())
+    vectors = [[0.5] * 5, [0.1] * DIM, [0.2] * DIM]
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"id": bad_id, "vector": vectors}), path)
+    res = run(str(tiny_bundle), str(path), "--data-dir", str(tmp_path / "c"), "--quiet")
+    assert res.returncode == 0 and "imported 2, already present 0, refused 1" in res.stdout, (
+        res.stdout + res.stderr[-300:])  # fmt: skip
+    assert "not UTF-8" in res.stderr
