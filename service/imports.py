@@ -108,7 +108,7 @@ class Import:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.woken.wait(), job.pause_ms / 1000)
             job.state = "done" if job.done >= job.total else (self.stop or "done")
-            if self.stop == "failed":
+            if job.state == "failed":  # the server is stopping
                 job.error = STOPPED.format(n=job.imported)
             log.info("import %s %s: %d stored, %d already present, %d refused", job.id,
                      job.state, job.imported, job.skipped, job.refused)  # fmt: skip
@@ -120,6 +120,7 @@ class Import:
         finally:
             self._count(time.monotonic() - started)
             job.finished_at = time.time()
+            rows.close()  # its readers' descriptors, then the source's own
             self.source.close()
             await m.release(self)
 
