@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,11 +67,36 @@ def resolve_source(settings: Settings, name: str) -> Path:
         if not path.exists():
             raise ImportRefused(422, "invalid_source", f"no {name!r} in the import folder")
     except (OSError, RuntimeError, ValueError) as exc:  # a link loop, a name too long, no access
-        why = (exc.strerror or "I/O error") if isinstance(exc, OSError) else "a link loop"
-        if isinstance(exc, ValueError):
-            why = "not a usable path"
-        raise ImportRefused(422, "invalid_source", f"{name!r} cannot be reached ({why})") from None
+        raise ImportRefused(422, "invalid_source", f"{name!r} cannot be reached "
+                            f"({_why(exc)})") from None  # fmt: skip
     return path
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        return exc.strerror or "I/O error"
+    return "a link loop" if isinstance(exc, RuntimeError) else "not a usable path"
+
+
+def pin_source(settings: Settings, path: Path, name: str) -> int:
+    """A descriptor of ``path`` (as :func:`resolve_source` found it), reached from the import
+    folder one component at a time without following a link: a folder swapped for a link
+    between the check and the open cannot lead the import elsewhere. Read the source through
+    ``/proc/self/fd/<fd>``; close the descriptor once it is open."""
+    assert settings.import_dir is not None
+    root = settings.import_dir.resolve()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in path.relative_to(root).parts:
+            step = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                           dir_fd=fd)  # fmt: skip
+            os.close(fd)
+            fd = step
+    except OSError as exc:
+        os.close(fd)
+        why = "it changed while it was checked" if exc.errno == errno.ELOOP else _why(exc)
+        raise ImportRefused(422, "invalid_source", f"{name!r} cannot be reached ({why})") from None
+    return fd
 
 
 STOPPED = (
@@ -181,10 +208,14 @@ class Imports:
         path = await asyncio.to_thread(resolve_source, self.settings, name)
         serving = self.holder.current
         expect = serving.manifest.model.dim if serving is not None else None
+        fd = await asyncio.to_thread(pin_source, self.settings, path, name)
         try:
-            source = await asyncio.to_thread(open_source, path, repr(name), False, expect)
+            source = await asyncio.to_thread(open_source, Path(f"/proc/self/fd/{fd}"),
+                                             repr(name), False, expect, path.suffix)  # fmt: skip
         except SourceError as exc:
             raise ImportRefused(422, "invalid_source", str(exc)) from exc
+        finally:
+            os.close(fd)
         try:
             async with self.holder.reload_lock:
                 if self.holder.pinned_by is not None:

@@ -70,18 +70,24 @@ class VectorSource:
 
 
 def open_source(
-    path: Path, name: str | None = None, follow_links: bool = True, dim: int | None = None
+    path: Path,
+    name: str | None = None,
+    follow_links: bool = True,
+    dim: int | None = None,
+    suffix: str | None = None,
 ) -> VectorSource:
     """The source at ``path`` (a folder, an ``.npz`` or a ``.parquet``); ``name`` is how
     messages call it (default: the path); ``dim``, the vectors' expected length, bounds what a
-    Parquet file's row groups may hold before any is read."""
+    Parquet file's row groups may hold before any is read; ``suffix`` tells a file's kind when
+    ``path`` does not show it (``/proc/self/fd/N``)."""
     name = name or str(path)
+    suffix = path.suffix if suffix is None else suffix
     try:
         if path.is_dir():
             source = _folder(path, name, follow_links)
-        elif path.suffix == ".npz":
+        elif suffix == ".npz":
             source = _npz(path, name)
-        elif path.suffix == ".parquet":
+        elif suffix == ".parquet":
             source = _parquet(path, name, dim)
         else:
             raise SourceError(f"{name}: neither a folder with vectors.npy nor an .npz or "

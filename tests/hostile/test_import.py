@@ -276,3 +276,24 @@ def test_a_second_review_of_the_reader(tiny_bundle, tmp_path) -> None:
     assert res.returncode == 0 and "imported 2, already present 0, refused 1" in res.stdout, (
         res.stdout + res.stderr[-300:])  # fmt: skip
     assert "not UTF-8" in res.stderr
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(tmp_path) -> None:
+    """The check (resolve_source) and the open (pin_source) are two steps: a folder on the way
+    replaced by a link between them must not lead the open outside the import folder."""
+    import pytest
+
+    from service.imports import ImportRefused, pin_source, resolve_source
+    from service.settings import Settings
+
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    source(inbox / "team" / "rows", unit(2), ["a", "b"])
+    source(outside / "rows", unit(2), ["secret-1", "secret-2"])
+    settings = Settings(import_dir=inbox)
+    path = resolve_source(settings, "team/rows")
+    fd = pin_source(settings, path, "team/rows")  # unchanged: opened
+    os.close(fd)
+    (inbox / "team").rename(tmp_path / "team-moved")
+    (inbox / "team").symlink_to(outside)  # the swap
+    with pytest.raises(ImportRefused, match="changed while it was checked"):
+        pin_source(settings, path, "team/rows")
