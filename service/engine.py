@@ -176,8 +176,11 @@ class Engine:
         return hidden_next, np.concatenate([embedding, raw], axis=-1)
 
     def embed_gallery(self, images: np.ndarray) -> np.ndarray:
-        """uint8 ``[N, S, S, 3]`` → ``[N, D]``: items' vectors, at the gallery depth."""
-        rows = self.run(gallery_graph(self.manifest), images)[..., : self.dim]
+        """uint8 ``[N, S, S, 3]`` → ``[N, D]``: items' vectors, at the gallery depth (the
+        searchable output only: reindex and rollouts need no raw rows)."""
+        graph = gallery_graph(self.manifest)
+        name = ALL_EXITS_OUTPUT if graph is ALL_EXITS else EXIT_OUTPUT
+        rows = self.sessions[graph].run([name], {INPUT_NAME: images})[0]
         return gallery_rows(self.manifest, rows)
 
     def run(self, graph: GraphKey, images: np.ndarray) -> np.ndarray:

@@ -265,7 +265,7 @@ async def start_rollout(body: RolloutIn, _: AuthDep, rollouts: RolloutsDep) -> d
     "Imported items keep no input image: a rollout lists them as needing re-upload.",
 )
 async def start_import(
-    body: ImportIn, request: Request, _: AuthDep, imports: ImportsDep, rollouts: RolloutsDep
+    body: ImportIn, _: AuthDep, imports: ImportsDep, rollouts: RolloutsDep
 ) -> dict:
     try:
         job = await imports.start(body.source, body.resume, body.batch, body.pause_ms,
