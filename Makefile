@@ -87,7 +87,7 @@ $(GALLERY)/.complete: | $(STAMP)
 	$(BIN)/python scripts/demo_gallery.py $(GALLERY)
 
 run: $(STAMP) $(DEFAULT_BUNDLE)/manifest.json $(GALLERY)/.complete ## serve the default model with the mnist demo gallery on http://127.0.0.1:8000
-	$(BIN)/python -m service.reindex $(DEFAULT_BUNDLE) $(GALLERY) --data-dir $(DATA_DIR) --if-empty
+	$(BIN)/sdssl-reindex $(DEFAULT_BUNDLE) $(GALLERY) --data-dir $(DATA_DIR) --if-empty
 	@echo
 	@echo "  SDSSL embedding service: http://$(HOST):$(PORT)   (API docs: http://$(HOST):$(PORT)/docs)"
 	@echo "  demo page:               http://$(HOST):$(PORT)/demo/"

@@ -28,10 +28,9 @@ from PIL import Image
 
 from bench.common import DEFAULT_BUNDLE, ServerProcess, digit_pngs, machine
 from export.manifest import MANIFEST, MANIFEST_DIGEST, Manifest, bundle_id, file_sha256
-from service import snapshots
-from service.engine import Engine, default_threads
-from service.images import prepare
-from service.index import ItemIndex
+from service.collection import ItemIndex, snapshots
+from service.inference.engine import Engine, default_threads
+from service.inference.images import prepare
 
 
 def second_bundle(src: Path, dst: Path) -> Path:

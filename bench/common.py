@@ -1,5 +1,7 @@
-"""Shared benchmark parts: real images and a closed-loop HTTP load (servers come from
-:mod:`service.process`, the harness the tests use too)."""
+"""Shared benchmark parts: real images and a closed-loop HTTP load. Servers come from
+:mod:`tests.harness`, the harness the tests use too: the benchmarks run from a checkout (they
+read its bundles and write bench/results/), so its root is put on the import path when
+``sdssl-bench`` starts from a console script."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import io
 import os
 import platform
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +18,14 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.process import ServerProcess, free_port
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.append(str(ROOT))
+
+from tests.harness import ServerProcess, free_port  # noqa: E402
 
 __all__ = ["ServerProcess", "free_port"]
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = ROOT / "artifacts" / "bundles" / "default"
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from export.manifest import load_verified
-from service.engine import ALL_EXITS, CUDA, Engine
+from service.inference.engine import ALL_EXITS, CUDA, Engine
 from service.inference.latency import LatencyModel
-from service.runtime import warm_up
+from service.lifecycle.runtime import warm_up
 from service.settings import Settings
 
 
@@ -92,7 +92,7 @@ def faiss_parity(n: int = 100_000, dim: int = 128, k: int = 10) -> list[str]:
 
     if not hasattr(faiss, "StandardGpuResources") or faiss.get_num_gpus() < 1:
         return ["FAISS: no GPU build or no GPU visible; its search stays on the CPU.", ""]
-    from service.index.vectors import GalleryVectors
+    from service.collection.vectors import GalleryVectors
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, dim)).astype(np.float32)

@@ -22,8 +22,8 @@ import onnxruntime as ort
 
 from bench.common import DEFAULT_BUNDLE, ServerProcess, digit_pngs, machine
 from export.manifest import ALL_EXITS_OUTPUT, INPUT_NAME, Manifest, bundle_id
-from service.images import prepare
-from service.index import ItemIndex
+from service.collection import ItemIndex
+from service.inference.images import prepare
 
 
 def rss_mb(pid: int) -> tuple[float, float]:

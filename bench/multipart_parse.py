@@ -1,5 +1,5 @@
 """Does parsing a multipart body hold the event loop? Starlette's ``Request.form()`` (the
-server's own path, :func:`service.routes.common.read_payload`) fed a body in 64 KB chunks, as a
+server's own path, :func:`service.api.routes.common.read_payload`) fed a body in 64 KB chunks, as a
 socket delivers it: total parse time and the longest single step between two awaits — the time
 nothing else on the loop could run.
 

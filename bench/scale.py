@@ -8,11 +8,11 @@ points; k-means centroids as means, each component's diagonal variance from its 
 toward the global one, weights by member count), every draw L2-normalised. The augmented
 copies only fit the model; the gallery and the queries are fresh draws from it.
 
-Each step is timed: drawing (``vectors.npy`` float16 + ``ids.txt``), ``python -m
-service.bulk_import`` (the import rate), a server started on the imported data dir (restart to
-ready: the saved index is loaded, not rebuilt), recall@10 of HTTP searches (held-out draws,
-``k=10``, ``metadata=false``) against exact search over the stored vectors, search latency
-p50/p99 at concurrency 1 and 8, the server's RSS, and bytes per item on disk.
+Each step is timed: drawing (``vectors.npy`` float16 + ``ids.txt``), ``sdssl-import`` (the import
+rate), a server started on the imported data dir (restart to ready: the saved index is loaded, not
+rebuilt), recall@10 of HTTP searches (held-out draws, ``k=10``, ``metadata=false``) against exact
+search over the stored vectors, search latency p50/p99 at concurrency 1 and 8, the server's RSS, and
+bytes per item on disk.
 
     python -m bench.scale --items 1000000 [--factory IVF1024,PQ64] [--nprobe 16] [--rerank 16]
     python -m bench.scale --sweep --items 10000000 --factory IVF4096,PQ32   # FAISS alone
@@ -39,7 +39,7 @@ from PIL import Image
 from bench.common import DEFAULT_BUNDLE, ServerProcess, machine
 from export.manifest import EXIT_OUTPUT, INPUT_NAME, Manifest, bundle_id
 from export.parity import onnx_session
-from service.images import resize_center_crop
+from service.inference.images import resize_center_crop
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENTS = 1024
@@ -189,7 +189,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
            "SDSSL_RERANK": str(args.rerank)}  # fmt: skip
     print(f"importing {n:,} vectors ...", file=sys.stderr)
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "service.bulk_import", str(bundle), str(src),
+    subprocess.run([sys.executable, "-m", "service.lifecycle.bulk_import", str(bundle), str(src),
                     "--data-dir", str(data)], cwd=ROOT, env=env, check=True)  # fmt: skip
     import_s = time.perf_counter() - started
     folder = data / bid

@@ -30,8 +30,8 @@ import onnxruntime as ort
 
 from bench.common import DEFAULT_BUNDLE, ROOT, ServerProcess, closed_loop, digit_pngs, machine
 from export.manifest import INPUT_NAME, Manifest
-from service.engine import default_threads
-from service.images import prepare
+from service.inference.engine import default_threads
+from service.inference.images import prepare
 
 
 def in_process(

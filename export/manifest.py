@@ -263,3 +263,14 @@ def load_verified(bundle: Path) -> Manifest:
         if file_sha256(_regular_file(bundle, name, MAX_GRAPH_BYTES)) != expected:
             raise BundleIntegrityError(f"{name} sha256 mismatch (corrupt or replaced)")
     return manifest
+
+
+def gallery_depth(manifest: Manifest) -> int:
+    """The exit depth a bundle's gallery is embedded at (every graph's ``embedding`` output is
+    bridged into its space); BundleIntegrityError for a format-1 bundle, which has no bridges."""
+    if manifest.bridge is None:
+        raise BundleIntegrityError(
+            "the bundle has no bridges (manifest format 1): upgrade it with "
+            "`python -m export bridge BUNDLE --dataset SPEC`"
+        )
+    return manifest.bridge.gallery_depth

@@ -18,4 +18,4 @@ USAGE
 
 [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]] && { usage; exit 0; }
 [[ $# -ge 2 ]] || { usage >&2; die "BUNDLE_DIR and at least one SOURCE are required"; }
-exec "$PYTHON" -m service.reindex "$@"
+exec "$PYTHON" -m service.lifecycle.reindex "$@"

@@ -1,5 +1,15 @@
 """The budget-aware embedding and k-NN server: FastAPI + onnxruntime + FAISS, never torch.
 
-It reads a bundle (``export.manifest`` is the only thing it imports from the other packages)
-and its own :class:`service.settings.Settings`.
+Four wings, each importing only the wings below it (``tests/service/test_layout.py`` checks):
+
+- :mod:`service.api` — HTTP: routes per resource, request/response models, auth, middleware
+- :mod:`service.lifecycle` — what changes the served model or data: the runtime holder,
+  rollout, reload, reindex, restore, bulk import, jobs, warm-up
+- :mod:`service.inference` — images → embeddings within a budget: decode, schedule, plan,
+  batch, run
+- :mod:`service.collection` — items, the gallery index, filters, snapshots, the writer lock
+
+and the ground every wing may use: ``settings``, ``errors``, ``metrics``, ``jsonio``, ``logs``.
+``app`` and ``__main__`` assemble them. From the other packages it imports ``export.manifest``
+alone (the bundle contract).
 """

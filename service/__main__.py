@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from export.manifest import BundleIntegrityError, load_verified
 from service import logs
+from service.api.http_protocol import protocol_class
 from service.app import create_app
-from service.http_protocol import protocol_class
 from service.settings import Settings
 
 SECRETS = ("api_key", "read_key")  # from the environment or a file, never a flag

@@ -14,19 +14,19 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
-from service.decoding import DecodePool
-from service.error_handlers import install_handlers
+from service.api.error_handlers import install_handlers
+from service.api.middleware import IntakeMiddleware
+from service.api.routes import admin, embeddings, health, items, model, search
+from service.collection.cursors import Cursors
 from service.errors import Refusal
-from service.imports import Imports
-from service.index.cursors import Cursors
+from service.inference.decoding import DecodePool
+from service.lifecycle.imports import Imports
+from service.lifecycle.rollout import Rollouts, public_reason
+from service.lifecycle.runtime import RuntimeHolder, load_runtime, report_device
+from service.lifecycle.serving import bundle_to_serve
+from service.lifecycle.warmup import warm_request_paths
 from service.metrics import Metrics
-from service.middleware import IntakeMiddleware
-from service.rollout import Rollouts, public_reason
-from service.routes import admin, embeddings, health, items, model, search
-from service.runtime import RuntimeHolder, load_runtime, report_device
-from service.serving import bundle_to_serve
 from service.settings import Settings
-from service.warmup import warm_request_paths
 
 log = logging.getLogger(__name__)
 DEMO = Path(__file__).with_name("demo")

@@ -1,6 +1,6 @@
 """The service's error types and the JSON shape every failure is answered in,
 ``{"error": {"code": str, "message": str}}``. No web framework here (the engine and the index
-use these too); :mod:`service.error_handlers` maps them onto HTTP."""
+use these too); :mod:`service.api.error_handlers` maps them onto HTTP."""
 
 from __future__ import annotations
 

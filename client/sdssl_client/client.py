@@ -48,7 +48,7 @@ class _Base:
 
 def folder_items(folder: str | Path) -> list[tuple[Path, str, dict]]:
     """(path, id, metadata) of every image below ``folder``: id = file stem, label = the parent
-    folder's name (as ``service.reindex`` names them)."""
+    folder's name (as ``sdssl-reindex`` names them)."""
     root = Path(folder)
     paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     return [(p, p.stem, {"label": p.parent.name, "path": str(p.relative_to(root))}) for p in paths]

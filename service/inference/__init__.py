@@ -6,6 +6,8 @@
 - :mod:`.calibration` — what the latency table cannot see, learned per route
 - :mod:`.batcher` — per-graph queues and the one compute worker
 - :mod:`.retime` — re-timing, when idle, what a budget passed over
+- :mod:`.engine` — the bundle's onnxruntime sessions
+- :mod:`.decoding`, :mod:`.images` — bytes → pixels, bounded, off the event loop
 """
 
 from service.inference.batcher import Overloaded

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(
 def demo_server(tmp_path_factory):
     """The default model, with 60 real test digits indexed (their inputs kept: thumbnails)."""
     from export.bundle import export_bundle
-    from service.reindex import reindex
+    from service.lifecycle.reindex import reindex
     from training.data import load_splits
 
     root = tmp_path_factory.mktemp("demo")

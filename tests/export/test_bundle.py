@@ -31,7 +31,7 @@ from export.manifest import (
 )
 from export.parity import onnx_session
 from export.verify import verify_bundle
-from service.images import resize_center_crop
+from service.inference.images import resize_center_crop
 from training.augment import eval_geometry
 from training.checkpoint import load_backbone
 from training.data import load_splits

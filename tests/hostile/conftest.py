@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from export.manifest import bundle_id, load_verified
-from service.index import open_index
+from service.collection import open_index
 from service.settings import Settings
 
 

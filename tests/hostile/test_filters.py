@@ -198,7 +198,7 @@ def test_a_scan_past_its_time_is_stopped_and_says_so(hurried) -> None:
 CLOSE_DURING_SCAN = """
 import sys, threading, time
 from pathlib import Path
-from service.index.store import ItemStore, Reader
+from service.collection.store import ItemStore, Reader
 folder = Path(sys.argv[1])
 store = ItemStore(folder, {"bundle_id": "b" * 64, "dim": "4", "gallery_depth": "2"}, 4)
 store.db.execute("INSERT INTO items (id, num_id, metadata, created_at) "

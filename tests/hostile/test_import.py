@@ -283,7 +283,7 @@ def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(tmp_path) -
     replaced by a link between them must not lead the open outside the import folder."""
     import pytest
 
-    from service.imports import ImportRefused, pin_source, resolve_source
+    from service.lifecycle.imports import ImportRefused, pin_source, resolve_source
     from service.settings import Settings
 
     inbox, outside = tmp_path / "inbox", tmp_path / "outside"

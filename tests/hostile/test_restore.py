@@ -50,7 +50,8 @@ def made(tiny_bundle, tmp_path_factory):
 
 def restore(snapshot: Path, data_dir: Path, *extra: str, env: dict | None = None):
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SDSSL_")}
-    return subprocess.run([sys.executable, "-m", "service.restore", str(snapshot), "--data-dir",
+    return subprocess.run([sys.executable, "-m", "service.lifecycle.restore", str(snapshot),
+                           "--data-dir",
                            str(data_dir), *extra], cwd=ROOT, capture_output=True, text=True,
                           env={**clean, **(env or {})}, timeout=120)  # fmt: skip
 

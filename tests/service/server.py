@@ -1,4 +1,4 @@
-"""Real servers for the tests: :class:`service.process.ServerProcess` with the tests' defaults
+"""Real servers for the tests: :class:`tests.harness.ServerProcess` with the tests' defaults
 (one onnxruntime thread, warnings only — the suite shares a small machine). Warm-up keeps its
 default of 3 timed runs per graph: with one, a single noisy sample could keep a depth unchosen."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from service.process import ServerProcess, free_port
+from tests.harness import ServerProcess, free_port
 
 __all__ = ["Server", "free_port"]
 TEST_SETTINGS = {"threads": 1, "log_level": "warning"}

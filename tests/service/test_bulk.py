@@ -1,4 +1,4 @@
-"""Bulk import of precomputed vectors (``python -m service.bulk_import``): rows checked as the
+"""Bulk import of precomputed vectors (``sdssl-import``): rows checked as the
 API checks them, served afterwards, and durable batch by batch under kill -9."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from export.manifest import bundle_id
-from service.index import ItemIndex
+from service.collection import ItemIndex
 from tests.service.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def source(folder: Path, vectors: np.ndarray, ids: list[str], metadata: list | N
 
 def run(*args: str, **kw) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SDSSL_")}
-    return subprocess.run([sys.executable, "-m", "service.bulk_import", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "service.lifecycle.bulk_import", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=clean, **kw)  # fmt: skip
 
 
@@ -96,7 +96,8 @@ def test_kill9_during_a_bulk_import_loses_no_stored_batch_and_resume_finishes(
     src = source(tmp_path / "src", unit(n, seed=1), [f"k-{i:06d}" for i in range(n)])
     data = tmp_path / "data"
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SDSSL_")}
-    proc = subprocess.Popen([sys.executable, "-m", "service.bulk_import", str(tiny_bundle),
+    proc = subprocess.Popen([sys.executable, "-m", "service.lifecycle.bulk_import",
+                             str(tiny_bundle),
                              str(src), "--data-dir", str(data), "--batch-size", "2000"],
                             cwd=ROOT, stderr=subprocess.PIPE, env=clean)  # fmt: skip
     stored, out = 0, b""

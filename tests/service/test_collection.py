@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from service.process import ROOT
+from tests.harness import ROOT
 from tests.service.conftest import digit_png
 from tests.service.server import Server
 
@@ -235,7 +235,7 @@ def test_batch_search_equals_the_single_searches(coll) -> None:
 
 def test_snapshot_under_writes_restores_every_acknowledged_item(tiny_bundle, tmp_path) -> None:
     from export.manifest import bundle_id
-    from service.index import ItemIndex
+    from service.collection import ItemIndex
 
     s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log", api_key=KEY).start()
     acked: list[str] = []
@@ -271,7 +271,8 @@ def test_snapshot_under_writes_restores_every_acknowledged_item(tiny_bundle, tmp
     file = tmp_path / "copy.tar"
     file.write_bytes(got.content)
     restored = tmp_path / "restored"
-    res = subprocess.run([sys.executable, "-m", "service.restore", str(file), "--data-dir",
+    res = subprocess.run([sys.executable, "-m", "service.lifecycle.restore", str(file),
+                          "--data-dir",
                           str(restored)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert res.returncode == 0, res.stderr
     bid = bundle_id(tiny_bundle)
@@ -283,7 +284,8 @@ def test_snapshot_under_writes_restores_every_acknowledged_item(tiny_bundle, tmp
         assert not missing, missing
     finally:
         idx.close()
-    again = subprocess.run([sys.executable, "-m", "service.restore", str(file), "--data-dir",
+    again = subprocess.run([sys.executable, "-m", "service.lifecycle.restore", str(file),
+                          "--data-dir",
                             str(restored)], capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert again.returncode == 2 and "already holds" in again.stderr
 
@@ -291,7 +293,7 @@ def test_snapshot_under_writes_restores_every_acknowledged_item(tiny_bundle, tmp
 def test_restore_refuses_what_is_not_a_snapshot(tmp_path) -> None:
     import tarfile
 
-    from service.snapshots import SnapshotError, restore
+    from service.collection.snapshots import SnapshotError, restore
 
     cases = {
         "not-a-tar.tar": None,

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from export.manifest import bundle_id
-from service.index import ItemIndex
+from service.collection import ItemIndex
 from tests.service.conftest import digit_png, png
 from tests.service.server import Server
 
@@ -142,7 +142,7 @@ def test_reload_swaps_without_failed_requests(tiny_bundle, tiny_checkpoint, tmp_
 def test_index_refuses_another_bundle(tiny_bundle, tmp_path) -> None:
     bid = bundle_id(tiny_bundle)
     ItemIndex(tmp_path / "ix", bid, 4, 32).close()
-    from service.index import IndexMismatch
+    from service.collection import IndexMismatch
 
     with pytest.raises(IndexMismatch, match="belongs to bundle"):
         ItemIndex(tmp_path / "ix", "0" * 64, 4, 32)
@@ -151,7 +151,7 @@ def test_index_refuses_another_bundle(tiny_bundle, tmp_path) -> None:
 def test_import_service_leaves_torch_unloaded(repo_root) -> None:
     code = (
         "import sys, service, service.app, service.__main__\n"
-        "from service.routes import admin, embeddings, items, model, search\n"
+        "from service.api.routes import admin, embeddings, items, model, search\n"
         "bad = [m for m in ('torch', 'timm', 'training.loop', 'torchvision') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

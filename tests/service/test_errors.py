@@ -7,7 +7,7 @@ import asyncio
 import httpx
 from fastapi import FastAPI
 
-from service.error_handlers import install_handlers
+from service.api.error_handlers import install_handlers
 from service.errors import APIError, StorageError
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from export.manifest import bundle_id
-from service.index import ItemIndex
+from service.collection import ItemIndex
 from tests.service.conftest import png
 from tests.service.server import Server
 

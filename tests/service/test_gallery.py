@@ -9,7 +9,7 @@ import pytest
 
 from export.manifest import ALL_EXITS_OUTPUT, INPUT_NAME, Manifest
 from export.parity import onnx_session
-from service.images import prepare
+from service.inference.images import prepare
 from tests.service.conftest import digit_png
 from tests.service.server import Server
 

@@ -8,7 +8,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from service.errors import APIError
-from service.images import decode, resize_center_crop, to_rgb
+from service.inference.images import decode, resize_center_crop, to_rgb
 from training.augment import eval_geometry
 from training.config import DataConfig
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from export.manifest import bundle_id
-from service.index import ItemIndex
+from service.collection import ItemIndex
 from tests.service.server import Server
 from tests.service.test_bulk import DIM, run, source, unit
 

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from service.index import ItemIndex
+from service.collection import ItemIndex
 
 BID = "b" * 64
 
@@ -68,7 +68,7 @@ def test_hnsw_deletes_are_filtered_and_compacted(tmp_path) -> None:
 CRASHING_WRITER = """
 import os, sys
 import numpy as np
-from service.index import ItemIndex
+from service.collection import ItemIndex
 v = np.load(sys.argv[2])
 idx = ItemIndex(__import__("pathlib").Path(sys.argv[1]), "b" * 64, 3, 16,
                 snapshot_every=int(sys.argv[3]))
@@ -167,7 +167,7 @@ def test_factories_that_wrap_an_ivf_keep_their_ids(tmp_path) -> None:
 
 def test_a_restore_that_drops_deleted_newest_rows_still_opens_with_a_trained_index(tmp_path):
     """Snapshots carry rows up to the newest live item; training samples must stay in them."""
-    from service import snapshots
+    from service.collection import snapshots
 
     v = clustered(3000)
     idx = ItemIndex(tmp_path / "a" / BID, BID, 3, 32, snapshot_every=10**6)
@@ -198,7 +198,7 @@ def test_a_vectors_file_deleted_while_open_is_restored_by_the_next_write(tmp_pat
 
 def test_a_batch_that_repeats_an_id_keeps_its_last_row(tmp_path) -> None:
     """Image folders may repeat a file stem (dog/1.jpg, cat/1.jpg): the bulk path keeps one."""
-    from service.bulk import Batch, Counts, write
+    from service.collection.bulk import Batch, Counts, write
 
     v = vectors(3)
     idx = ItemIndex(tmp_path, BID, 3, 16)

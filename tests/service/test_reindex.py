@@ -1,4 +1,4 @@
-"""``python -m service.reindex`` from another bundle's index folder: the way a collection moves
+"""``sdssl-reindex`` from another bundle's index folder: the way a collection moves
 to a bundle a rollout cannot reach — including a folder an older server wrote, which the server
 now refuses — re-embedding the kept inputs with their ids and metadata."""
 
@@ -15,8 +15,8 @@ import numpy as np
 
 from export.manifest import EXIT_OUTPUT, INPUT_NAME, Manifest, bundle_id
 from export.parity import onnx_session
-from service.images import prepare
-from service.process import ROOT
+from service.inference.images import prepare
+from tests.harness import ROOT
 from tests.service.conftest import digit_png
 from tests.service.server import Server
 
@@ -33,7 +33,8 @@ CREATE TABLE log (seq INTEGER PRIMARY KEY AUTOINCREMENT, op TEXT NOT NULL, num_i
 
 def reindex(*args: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SDSSL_")}
-    return subprocess.run([sys.executable, "-m", "service.reindex", *args, "--quiet"], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "service.lifecycle.reindex", *args, "--quiet"],
+                          cwd=ROOT,
                           capture_output=True, text=True, timeout=300, env=clean)  # fmt: skip
 
 

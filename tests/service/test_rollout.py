@@ -105,7 +105,7 @@ def test_rollout_under_load_survives_kill9_and_loses_nothing(
     tiny_bundle, tiny_bundle_b, tmp_path
 ) -> None:
     from export.manifest import bundle_id
-    from service.index import ItemIndex
+    from service.collection import ItemIndex
 
     data, log = tmp_path / "data", tmp_path / "log"
     a_id, b_id = bundle_id(tiny_bundle), bundle_id(tiny_bundle_b)
@@ -190,7 +190,7 @@ def test_a_restart_follows_a_chain_of_rollouts(tiny_bundle, tiny_bundle_b, tmp_p
     """A → X → B by two rollouts, SDSSL_BUNDLE still A: the restart serves B; named B or
     another bundle, the setting wins."""
     from export.manifest import bundle_id
-    from service.serving import SERVING, bundle_to_serve
+    from service.lifecycle.serving import SERVING, bundle_to_serve
     from service.settings import Settings
 
     record = {"bundle": str(tiny_bundle_b), "bundle_id": bundle_id(tiny_bundle_b),
@@ -237,7 +237,7 @@ def test_swap_on_request_and_cancel(tiny_bundle, tiny_bundle_b, tmp_path) -> Non
         assert snap["name"].startswith("all-") and snap["bundles"][b_id] == 21
         assert set(snap["bundles"]) == {a_id, b_id} and snap["bundles"][a_id] >= 20
         tar = c.get(f"/v1/admin/snapshots/{snap['name']}", headers=ADMIN).content
-    from service.snapshots import restore
+    from service.collection.snapshots import restore
 
     (tmp_path / "all.tar").write_bytes(tar)
     done = restore(tmp_path / "all.tar", tmp_path / "restored")

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 from export.manifest import bundle_id
-from service.index import ItemIndex
-from service.reindex import reindex
+from service.collection import ItemIndex
+from service.lifecycle.reindex import reindex
 from service.settings import Settings
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from export.manifest import bundle_id
-from service.index.vector_file import VectorFile
+from service.collection.vector_file import VectorFile
 from tests.service.conftest import digit_png
 from tests.service.server import Server
 
@@ -55,7 +55,7 @@ def test_reindex_of_a_served_bundle_is_refused(serving, tiny_bundle, tmp_path, r
     folder.mkdir()
     (folder / "g-0.png").write_bytes(digit_png(7))
     res = subprocess.run(
-        [sys.executable, "-m", "service.reindex", str(tiny_bundle), str(folder),
+        [sys.executable, "-m", "service.lifecycle.reindex", str(tiny_bundle), str(folder),
          "--data-dir", str(tmp_path / "data"), "--quiet"],
         cwd=repo_root, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
