@@ -2,30 +2,40 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# Re-install whenever pyproject.toml changes (the stamp's name carries its hash).
+# Re-install whenever pyproject.toml changes (the stamp's name carries its hash). Serving alone
+# (`make run`) installs the serve extra; everything else (`make test`) installs every extra.
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml client/pyproject.toml docker/requirements-*.txt | sha1sum | cut -c1-12)
+SERVE_STAMP := $(VENV)/.serve-$(shell cat pyproject.toml client/pyproject.toml docker/requirements-serve.txt | sha1sum | cut -c1-12)
 
 CONFIG ?= configs/default.yaml
 OUT    ?= runs/train
 CKPT   ?= models/default
-BUNDLE ?= artifacts/bundles/$(notdir $(CKPT))
+BUNDLE ?= bundles/$(notdir $(CKPT))
 METHOD ?= simclr
 ENGINE ?= docker
 SEEDS  ?= 0,1,2
 JOBS   ?= 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup run serve evaluate-default lock test test-images images lint format train train-default evaluate export verify profile compare bench clean
+.PHONY: help setup run serve evaluate-default lock test test-py312 test-py313 test-images images lint format train train-default evaluate export export-default verify profile compare bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 # The lock files the images install also constrain .venv, so tests run the images' versions.
 LOCKS := docker/requirements-serve.txt docker/requirements-train.txt
 
+# Serving needs no torch, no training data and no dev tools: onnxruntime, FAISS, FastAPI, Pillow.
+$(SERVE_STAMP): pyproject.toml client/pyproject.toml docker/requirements-serve.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[serve]" \
+		-e "./client[images,progress]" -c docker/requirements-serve.txt
+	@rm -f $(VENV)/.serve-*
+	@touch $@
+
 $(STAMP): pyproject.toml client/pyproject.toml $(LOCKS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,parquet,dev]" \
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,parquet,test,dev]" \
 		-e "./client[images,progress]" $(addprefix -c ,$(LOCKS))
 	@rm -f $(VENV)/.installed-*
 	@touch $@
@@ -73,20 +83,18 @@ $(VENV)/.chromium: | $(STAMP)
 
 setup: $(STAMP) $(VENV)/.compose $(VENV)/.podman $(VENV)/.chromium ## create .venv and install everything (idempotent)
 
-DEFAULT_BUNDLE := artifacts/bundles/default
+DEFAULT_BUNDLE := bundles/default
 DATA_DIR ?= artifacts/data
 GALLERY  := artifacts/demo/mnist-test
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-# Re-exported when the model or the exporter changes (a bundle is immutable: a new one, a new id).
-$(DEFAULT_BUNDLE)/manifest.json: models/default/model.safetensors models/default/config.json $(wildcard export/*.py export/bridges/*.py) | $(STAMP)
-	$(BIN)/python -m export models/default $(DEFAULT_BUNDLE) --force
-
-$(GALLERY)/.complete: | $(STAMP)
+# bundles/default is committed (one copy of the weights: about 12 MB), so serving needs no
+# export; `make export-default` rebuilds it after a change to models/default or export/.
+$(GALLERY)/.complete: data/mnist5k-test.npz | $(SERVE_STAMP)
 	$(BIN)/python scripts/demo_gallery.py $(GALLERY)
 
-run: $(STAMP) $(DEFAULT_BUNDLE)/manifest.json $(GALLERY)/.complete ## serve the default model with the mnist demo gallery on http://127.0.0.1:8000
+run: $(SERVE_STAMP) $(GALLERY)/.complete ## serve the default model with the mnist demo gallery on http://127.0.0.1:8000
 	$(BIN)/sdssl-reindex $(DEFAULT_BUNDLE) $(GALLERY) --data-dir $(DATA_DIR) --if-empty
 	@echo
 	@echo "  SDSSL embedding service: http://$(HOST):$(PORT)   (API docs: http://$(HOST):$(PORT)/docs)"
@@ -95,16 +103,37 @@ run: $(STAMP) $(DEFAULT_BUNDLE)/manifest.json $(GALLERY)/.complete ## serve the 
 	@echo "    curl -F images=@$(GALLERY)/7/mnist-test-00700.png 'http://$(HOST):$(PORT)/v1/embeddings?budget_ms=20'"
 	@echo "    curl -F image=@$(GALLERY)/7/mnist-test-00700.png -F k=5 http://$(HOST):$(PORT)/v1/search"
 	@echo
-	$(BIN)/python -m service --bundle $(DEFAULT_BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
+	$(BIN)/sdssl-serve --bundle $(DEFAULT_BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
 
-serve: setup ## serve BUNDLE (default: the default bundle) with DATA_DIR
-	$(BIN)/python -m service --bundle $(BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
+serve: $(SERVE_STAMP) ## serve BUNDLE (default: the default bundle) with DATA_DIR
+	$(BIN)/sdssl-serve --bundle $(BUNDLE) --data-dir $(DATA_DIR) --host $(HOST) --port $(PORT)
 
-evaluate-default: setup ## per-depth table of the committed default model (k-NN + linear probe)
+evaluate-default: $(STAMP) ## per-depth table of the committed default model (k-NN + linear probe)
 	$(BIN)/python -m training evaluate models/default --output artifacts/default-eval
 
 test: setup ## install, then run the whole test suite (the container tests included)
 	$(BIN)/python -m pytest
+
+# Python 3.12 and 3.13 run the service and client tests without torch (`make test-py312`,
+# `make test-py313`): the tiny bundles they serve are exported by .venv (3.11, the training
+# stack) and handed over in SDSSL_TEST_BUNDLES; each interpreter gets its own .venv3NN.
+TEST_BUNDLES := artifacts/test-bundles-$(shell cat configs/tiny.yaml training/*.py export/*.py export/bridges/*.py tests/bundles.py | sha1sum | cut -c1-12)
+
+test-py312: ## the service, client and hostile tests under Python 3.12 (where one is installed)
+test-py313: ## the same under Python 3.13
+test-py312 test-py313: test-py3%: $(STAMP)
+	@py=$$(for c in python3.$* "$$(pyenv root 2>/dev/null)"/versions/3.$*.*/bin/python3.$*; do \
+		"$$c" -V >/dev/null 2>&1 && { echo "$$c"; break; }; done); \
+	if [ -z "$$py" ]; then \
+		echo "test-py3$*: no Python 3.$* here (neither python3.$* nor a pyenv 3.$*): stopping"; exit 0; \
+	fi; \
+	set -ex; \
+	test -x .venv3$*/bin/python || "$$py" -m venv .venv3$*; \
+	.venv3$*/bin/python -m pip install --quiet --disable-pip-version-check \
+		-e ".[serve,parquet,test]" -e "./client[images,progress]" -c docker/requirements-serve.txt; \
+	$(BIN)/python -m tests.bundles $(TEST_BUNDLES); \
+	SDSSL_TEST_BUNDLES=$(abspath $(TEST_BUNDLES)) .venv3$*/bin/python -m pytest \
+		tests/service tests/client tests/hostile
 
 test-images: setup ## build the images with Podman and run the container and compose tests
 	$(BIN)/python -m pytest tests/images
@@ -121,34 +150,38 @@ lint: $(STAMP) ## ruff, shellcheck, hadolint, and the images' pinned requirement
 	$(BIN)/hadolint docker/*.Dockerfile
 	$(BIN)/python scripts/lock_requirements.py --check
 
-format: setup ## apply ruff's formatting and safe fixes
+format: $(STAMP) ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-train: setup ## train CONFIG into OUT (make train CONFIG=configs/tiny.yaml OUT=runs/tiny)
+train: $(STAMP) ## train CONFIG into OUT (make train CONFIG=configs/tiny.yaml OUT=runs/tiny)
 	$(BIN)/python -m training train --config $(CONFIG) --out $(OUT)
 
-train-default: setup ## reproduce models/default (about an hour on 2 CPU cores)
+train-default: $(STAMP) ## reproduce models/default (about an hour on 2 CPU cores)
 	$(BIN)/python -m training train --config configs/default.yaml --set train.threads=1 --out runs/default
 	$(BIN)/python -m training slim runs/default models/default
 
-evaluate: setup ## per-depth k-NN and linear top-1 of CKPT
+evaluate: $(STAMP) ## per-depth k-NN and linear top-1 of CKPT
 	$(BIN)/python -m training evaluate $(CKPT)
 
-export: setup ## export CKPT (default models/default) to BUNDLE, replacing it, then verify
+export: $(STAMP) ## export CKPT to BUNDLE (default bundles/<name of CKPT>), replacing it, then verify
 	$(BIN)/python -m export $(CKPT) $(BUNDLE) --force
 	$(BIN)/python -m export verify $(BUNDLE)
 
-verify: setup ## verify BUNDLE (hashes, manifest, exits agree with all_exits)
+export-default: $(STAMP) ## rebuild the committed bundles/default from models/default (then commit it)
+	$(BIN)/python -m export models/default $(DEFAULT_BUNDLE) --force
+	$(BIN)/python -m export verify $(DEFAULT_BUNDLE)
+
+verify: $(STAMP) ## verify BUNDLE (hashes, manifest, exits agree with all_exits)
 	$(BIN)/python -m export verify $(BUNDLE)
 
-profile: setup ## onnxruntime latency per exit depth of BUNDLE at batch 1, 8, 32
+profile: $(STAMP) ## onnxruntime latency per exit depth of BUNDLE at batch 1, 8, 32
 	$(BIN)/python -m export profile $(BUNDLE) --plot artifacts/profile-$(notdir $(BUNDLE)).png
 
 lock: $(STAMP) ## regenerate docker/requirements-*.txt from the versions in .venv
 	$(BIN)/python scripts/lock_requirements.py
 
-compare: setup ## baseline vs SDSSL for METHOD over SEEDS, JOBS runs at once (writes docs/results/)
+compare: $(STAMP) ## baseline vs SDSSL for METHOD over SEEDS, JOBS runs at once (writes docs/results/)
 	$(BIN)/python -m training compare --config configs/compare.yaml --method $(METHOD) --seeds $(SEEDS) --jobs $(JOBS)
 
 # The server benchmark measures per-request overhead with wrk (a C load generator).
@@ -163,7 +196,7 @@ $(VENV)/.wrk: | $(STAMP)
 	fi
 	@touch $@
 
-bench: setup $(VENV)/.wrk $(DEFAULT_BUNDLE)/manifest.json ## run every benchmark; writes bench/results/<date>-<machine>.md
+bench: $(STAMP) $(VENV)/.wrk ## run every benchmark; writes bench/results/<date>-<machine>.md
 	$(BIN)/python -m bench.report
 
 clean: ## remove caches and run outputs (keeps .venv and models/)

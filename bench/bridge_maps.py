@@ -4,7 +4,7 @@ a one-hidden-layer MLP (scikit-learn, 512 ReLU units, early stopping on a tenth 
 images), fitted on the same images and scored on the same gallery and queries as the export's
 own evaluation (fit, gallery and queries disjoint; 5-fold standard errors).
 
-    python -m bench.bridge_maps [BUNDLE]        (default: artifacts/bundles/default)
+    python -m bench.bridge_maps [BUNDLE]        (default: bundles/default)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ gallery-depth gallery (each ± its 5-fold standard error), their difference, and
 the gallery-depth neighbours. Last line: the issue #30 target — bridged ≥ same-depth − 1 point
 at every depth ≥ 2 — met or not, with the worst depth.
 
-    python -m bench.bridges [BUNDLE ...]        (default: artifacts/bundles/default)
+    python -m bench.bridges [BUNDLE ...]        (default: bundles/default)
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tests.harness import ServerProcess, free_port  # noqa: E402
 
 __all__ = ["ServerProcess", "free_port"]
 
-DEFAULT_BUNDLE = ROOT / "artifacts" / "bundles" / "default"
+DEFAULT_BUNDLE = ROOT / "bundles" / "default"
 
 
 def machine() -> str:
@@ -44,9 +44,9 @@ def machine() -> str:
 
 def digit_pngs(n: int = 64) -> list[bytes]:
     """Real mnist5k test digits as PNG bytes."""
-    from training.data import load_splits
+    from tests.harness import mnist_test
 
-    test = load_splits("mnist5k", 0.2).test
+    test = mnist_test()
     out = []
     for i in range(n):
         buf = io.BytesIO()

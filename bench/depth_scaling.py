@@ -2,7 +2,7 @@
 as latency(d)/latency(L) against d/L, for the default bundle and a ViT-S/16 at 224 px
 (random weights; exported here unless --vit-s16-bundle is given).
 
-    python -m bench.depth_scaling [--bundle artifacts/bundles/default] [--skip-vit-s16]
+    python -m bench.depth_scaling [--bundle bundles/default] [--skip-vit-s16]
 
 Last line: the worst excess of latency(d)/latency(L) over d/L (target <= 0.1).
 """

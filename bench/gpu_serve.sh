@@ -23,7 +23,7 @@ if ! "$PYTHON" -c 'import onnxruntime as o, sys; sys.exit("CUDAExecutionProvider
     echo "error: this onnxruntime has no CUDA provider: install onnxruntime-gpu" >&2
     exit 2
 fi
-bundles=artifacts/bundles
+bundles=bundles
 for precision in fp32 fp16; do
     dest="$bundles/default-$precision"
     if [[ ! -f "$dest/manifest.json" ]]; then

@@ -4,7 +4,7 @@ bundle and --items items (one gallery vector each), and its start-up time to /re
 Items' vectors are real gallery-depth embeddings of mnist5k images, repeated with small jitter
 to reach the count; they are written through the server's own ItemIndex (SQLite + FAISS).
 
-    python -m bench.memory [--bundle artifacts/bundles/default] [--items 100000]
+    python -m bench.memory [--bundle bundles/default] [--items 100000]
 
 Last line: RSS with the bundle and the items (target <= 1.5 GB; start-up target <= 30 s).
 """

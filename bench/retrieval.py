@@ -6,7 +6,7 @@ Vectors are real: final-exit embeddings of augmented mnist5k images (MoCo v3 aug
 (σ = --jitter, renormalised), which keeps the data's cluster structure; queries are fresh
 augmentations of held-out images, never in the database.
 
-    python -m bench.retrieval [--bundle artifacts/bundles/default] [--sizes 100000,1000000]
+    python -m bench.retrieval [--bundle bundles/default] [--sizes 100000,1000000]
 
 Last line: recall@10 and p50 at the largest size for the best approximate index (target at 1M:
 recall@10 >= 0.95 at p50 <= 5 ms).

@@ -21,8 +21,8 @@ RUN python3 -m venv /opt/venv \
     && pip install --no-cache-dir pip==26.3 \
     && groupadd --system --gid 10001 sdssl \
     && useradd --system --uid 10001 --gid sdssl --home-dir /work --shell /usr/sbin/nologin sdssl \
-    && mkdir -p /work/runs /work/artifacts/bundles \
-    && chmod 0777 /work/runs /work/artifacts /work/artifacts/bundles
+    && mkdir -p /work/runs /work/artifacts /work/bundles \
+    && chmod 0777 /work/runs /work/artifacts /work/bundles
 WORKDIR /work
 COPY docker/requirements-train.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir -r /tmp/requirements.txt

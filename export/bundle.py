@@ -46,6 +46,7 @@ from export.manifest import (
 )
 from export.parity import check_exit, check_exits_agree, onnx_session
 from export.samples import sample_images
+from export.weights import share_bundle_weights
 from training.augment import eval_resize
 from training.checkpoint import CONFIG, METRICS, WEIGHTS, load_backbone
 from training.config import Config
@@ -277,6 +278,9 @@ def _write_graphs(
                          cfg.data.test_fraction, gallery_depth, progress, log.info)  # fmt: skip
     entries, all_entry, segments = fold_graphs(tmp, entries, all_entry, segments, fitted, images,
                                                fp16, reference)  # fmt: skip
+    entries, all_entry, segments, weights = share_bundle_weights(
+        tmp, entries, all_entry, segments, images
+    )
     if progress:
         print(describe(fitted))
     if after_graph is not None:
@@ -301,6 +305,7 @@ def _write_graphs(
         opset=opset,
         created_at=datetime.now(UTC),
         bridge=fitted.info,
+        weights=weights,
     )
     (tmp / MANIFEST).write_text(manifest.to_json())
     (tmp / MANIFEST_DIGEST).write_text(file_sha256(tmp / MANIFEST) + "\n")

@@ -38,6 +38,8 @@ GRAPH_FILE = r"^[A-Za-z0-9][A-Za-z0-9._-]*\.onnx$"
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_DIGEST_BYTES = 1 << 10
 MAX_GRAPH_BYTES = 2 << 30  # protobuf's limit for a graph without external data
+WEIGHTS_FILE = "weights.bin"  # every graph's large initializers, each stored once (export.weights)
+MAX_WEIGHTS_BYTES = 64 << 30
 
 
 class _Strict(BaseModel):
@@ -114,6 +116,14 @@ class AllExitsEntry(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
 
 
+class WeightsEntry(_Strict):
+    """The graphs' shared external data: each distinct large tensor once, read by offset."""
+
+    file: Literal["weights.bin"] = WEIGHTS_FILE
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
 class Bridge(_Strict):
     """Every graph's ``embedding`` is bridged into the space of ``gallery_depth``: one gallery,
     embedded there, serves queries of every exit depth. The graph's own embedding is the
@@ -145,6 +155,9 @@ class Manifest(_Strict):
     opset: int
     created_at: datetime
     bridge: Bridge | None = Field(default=None, description="format 2: the bridges folded in")
+    weights: WeightsEntry | None = Field(
+        default=None, description="the graphs' shared weights; absent: each graph holds its own"
+    )
 
     @field_validator("exits")
     @classmethod
@@ -262,6 +275,14 @@ def load_verified(bundle: Path) -> Manifest:
     for name, expected in entries:
         if file_sha256(_regular_file(bundle, name, MAX_GRAPH_BYTES)) != expected:
             raise BundleIntegrityError(f"{name} sha256 mismatch (corrupt or replaced)")
+    if manifest.weights is not None:
+        weights = _regular_file(bundle, manifest.weights.file, MAX_WEIGHTS_BYTES)
+        if weights.stat().st_size != manifest.weights.bytes:
+            raise BundleIntegrityError(f"{manifest.weights.file} has the wrong size (truncated?)")
+        if file_sha256(weights) != manifest.weights.sha256:
+            raise BundleIntegrityError(
+                f"{manifest.weights.file} sha256 mismatch (corrupt or replaced)"
+            )
     return manifest
 
 

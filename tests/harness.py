@@ -4,6 +4,8 @@ is polled with urllib)."""
 
 from __future__ import annotations
 
+import functools
+import io
 import os
 import signal
 import socket
@@ -15,7 +17,38 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
+from PIL import Image
+
 ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "data" / "mnist5k-test.npz"
+
+
+class Digits:
+    """The default model's test split (data/mnist5k-test.npz, see data/README.md): real digits
+    for the tests and benchmarks without training/ — ``len``, ``labels``, ``image(i)`` (RGB)."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.images, self.labels = images, labels.astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, i: int) -> Image.Image:
+        return Image.fromarray(self.images[i]).convert("RGB")
+
+
+@functools.cache
+def mnist_test() -> Digits:
+    with np.load(DIGITS) as npz:
+        return Digits(npz["images"], npz["labels"])
+
+
+def digit_png(i: int) -> bytes:
+    """Test digit ``i`` as PNG bytes."""
+    buf = io.BytesIO()
+    mnist_test().image(i).save(buf, "PNG")
+    return buf.getvalue()
 
 
 def free_port() -> int:

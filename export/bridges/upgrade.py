@@ -18,6 +18,7 @@ from export.bundle import install, staging_dir
 from export.errors import ExportError
 from export.manifest import MANIFEST, MANIFEST_DIGEST, Manifest, file_sha256
 from export.verify import read_manifest
+from export.weights import share_bundle_weights
 
 
 def bridge_bundle(
@@ -55,6 +56,8 @@ def bridge_bundle(
             + [manifest.all_exits.file]
         ):
             shutil.copy2(bundle / name, tmp / name)
+        if manifest.weights is not None:  # the graphs read it until they are shared anew
+            shutil.copy2(bundle / manifest.weights.file, tmp / manifest.weights.file)
         fitted = fit_bridges(
             tmp / manifest.all_exits.file,
             manifest.preprocess,
@@ -75,6 +78,9 @@ def bridge_bundle(
             images,
             manifest.precision == "fp16",
         )
+        exits, all_exits, segments, weights = share_bundle_weights(
+            tmp, exits, all_exits, segments, images
+        )
         new = Manifest.model_validate(
             {
                 **manifest.model_dump(),
@@ -83,6 +89,7 @@ def bridge_bundle(
                 "all_exits": all_exits.model_dump(),
                 "segments": [x.model_dump() for x in segments],
                 "bridge": fitted.info.model_dump(),
+                "weights": weights.model_dump(),
                 "created_at": datetime.now(UTC),
             }
         )

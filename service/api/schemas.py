@@ -251,7 +251,7 @@ class ModelOut(BaseModel):
 
 class ReloadIn(BaseModel):
     bundle: str = Field(description="path of the bundle directory, as the server sees it",
-                        examples=["artifacts/bundles/new"])  # fmt: skip
+                        examples=["bundles/new"])  # fmt: skip
 
 
 class SnapshotOut(BaseModel):
@@ -290,7 +290,7 @@ class SnapshotsOut(BaseModel):
 
 class RolloutIn(BaseModel):
     bundle: str = Field(description="path of the new bundle directory, as the server sees it",
-                        examples=["artifacts/bundles/new"])  # fmt: skip
+                        examples=["bundles/new"])  # fmt: skip
     swap: bool = Field(
         True,
         description="serve the new bundle as soon as its indexes are complete; false: wait "

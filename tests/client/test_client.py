@@ -19,7 +19,7 @@ from sdssl_client import (
     Unavailable,
 )
 
-from tests.service.conftest import _mnist_test, digit_png
+from tests.harness import digit_png, mnist_test
 from tests.service.server import Server
 
 KEY, READ = "client-admin", "client-read"
@@ -56,7 +56,7 @@ def test_embed_takes_every_image_kind_and_matches(client) -> None:
 
 
 def test_items_search_and_scroll(client, tmp_path) -> None:
-    test = _mnist_test()
+    test = mnist_test()
     label = {i: str(int(test.labels[i * 30])) for i in range(30)}  # spread over the labels
     for i in range(30):
         (tmp_path / label[i]).mkdir(exist_ok=True)
@@ -91,7 +91,7 @@ def test_items_search_and_scroll(client, tmp_path) -> None:
 
 def held_out_png(i: int) -> bytes:
     buf = io.BytesIO()
-    _mnist_test().image(i).save(buf, "PNG")
+    mnist_test().image(i).save(buf, "PNG")
     return buf.getvalue()
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.service.conftest import _mnist_test
+from tests.harness import mnist_test
 from tests.service.server import Server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +15,7 @@ def test_readme_python_example_runs(tiny_bundle, tmp_path, capsys) -> None:
     code = text.split("<!-- client-example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
     gallery = tmp_path / "mnist-test" / "7"
     gallery.mkdir(parents=True)
-    test = _mnist_test()
+    test = mnist_test()
     sevens = [i for i in range(len(test)) if int(test.labels[i]) == 7][:12]
     for i in sevens:
         test.image(i).save(gallery / f"mnist-test-{i:05d}.png")

@@ -23,15 +23,14 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def demo_server(tmp_path_factory):
-    """The default model, with 60 real test digits indexed (their inputs kept: thumbnails)."""
-    from export.bundle import export_bundle
+    """The default bundle (committed), with 60 real test digits indexed (their inputs kept:
+    thumbnails)."""
     from service.lifecycle.reindex import reindex
-    from training.data import load_splits
+    from tests.harness import mnist_test
 
     root = tmp_path_factory.mktemp("demo")
-    bundle = root / "default"
-    export_bundle(ROOT / "models" / "default", bundle, progress=False)
-    test = load_splits("mnist5k", 0.2).test
+    bundle = ROOT / "bundles" / "default"
+    test = mnist_test()
     for i in range(0, len(test), len(test) // 60)[:60]:  # spread over the labels
         folder = root / "gallery" / str(int(test.labels[i]))
         folder.mkdir(parents=True, exist_ok=True)

@@ -42,9 +42,9 @@ def test_retrain_export_reindex_reload(tiny_bundle, tmp_path) -> None:
     new_id = script("export.sh", str(ckpt), str(bundle)).stdout.strip().splitlines()[-1]
     assert len(new_id) == 64
 
-    from training.data import load_splits
+    from tests.harness import mnist_test
 
-    test = load_splits("mnist5k", 0.2).test
+    test = mnist_test()
     gallery = tmp_path / "gallery"
     for i in range(30):
         folder = gallery / str(int(test.labels[i * 33]))

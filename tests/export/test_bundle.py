@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -31,6 +32,7 @@ from export.manifest import (
 )
 from export.parity import onnx_session
 from export.verify import verify_bundle
+from export.weights import external_locations
 from service.inference.images import resize_center_crop
 from training.augment import eval_geometry
 from training.checkpoint import load_backbone
@@ -152,10 +154,22 @@ def test_dynamic_batch_axis(tiny_bundle) -> None:
         assert session.run(None, {INPUT_NAME: x})[0].shape == (n, 32)
 
 
+def graph_bytes(path: Path) -> int:
+    """A graph's size with the shared weights it reads (its file plus its external tensors)."""
+    model = onnx.load(str(path), load_external_data=False)
+    external = sum(
+        int(entry.value)
+        for tensor in model.graph.initializer
+        for entry in tensor.external_data
+        if entry.key == "length"
+    )
+    return path.stat().st_size + external
+
+
 def test_graph_size_grows_with_depth(tiny_bundle, tiny_checkpoint) -> None:
     backbone, _ = load_backbone(tiny_checkpoint)
     block_bytes = 4 * sum(p.numel() for p in backbone.blocks[0].parameters())
-    sizes = [(tiny_bundle / f"exit_{d:02d}.onnx").stat().st_size for d in (1, 2, 3, 4)]
+    sizes = [graph_bytes(tiny_bundle / f"exit_{d:02d}.onnx") for d in (1, 2, 3, 4)]
     assert sizes == sorted(sizes)
     grown = sizes[-1] - sizes[0]
     # Roughly (L-1) blocks of weights; the rest is per-node graph overhead (large at dim 32).
@@ -163,6 +177,24 @@ def test_graph_size_grows_with_depth(tiny_bundle, tiny_checkpoint) -> None:
     # A truncated graph, not the full model with an early return: fewer nodes too.
     nodes = [len(onnx.load(str(tiny_bundle / f"exit_{d:02d}.onnx")).graph.node) for d in (1, 4)]
     assert nodes[0] < nodes[1]
+
+
+def test_weights_are_stored_once_for_every_graph(tiny_bundle, tiny_checkpoint) -> None:
+    backbone, _ = load_backbone(tiny_checkpoint)
+    model_bytes = 4 * sum(p.numel() for p in backbone.parameters())
+    m = Manifest.read(tiny_bundle)
+    graphs = [*m.exits, *m.segments, m.all_exits]
+    assert (
+        m.weights is not None and (tiny_bundle / m.weights.file).stat().st_size == m.weights.bytes
+    )
+    read = sum(graph_bytes(tiny_bundle / g.file) for g in graphs)
+    stored = sum(p.stat().st_size for p in tiny_bundle.iterdir())
+    # The graphs read (L + 1) / 2 + 2 copies of the model in all (4.5 at depth 4); the folder
+    # holds about one, plus the bridges (one D x D map per depth) and the graphs' protobufs.
+    assert read > 2 * stored
+    assert m.weights.bytes < 1.5 * model_bytes + 4 * m.model.depth * (m.model.dim**2 + m.model.dim)
+    for g in graphs:
+        assert external_locations(tiny_bundle / g.file) <= {m.weights.file}
 
 
 def test_manifest_contents(tiny_bundle, tiny_checkpoint) -> None:

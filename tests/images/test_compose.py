@@ -89,7 +89,7 @@ def test_readme_compose_from_zero_on_the_cpu_profile(project, shared) -> None:
         if line.startswith("mkdir"):  # the user's images
             shutil.copytree(shared / "images", where / "images", dirs_exist_ok=True)
         if "export.sh" in line:
-            bundle = where / "artifacts" / "bundles" / "default"
+            bundle = where / "bundles" / "mine"
             assert (bundle / "manifest.json").stat().st_uid == os.getuid()  # written as the user
         if "reindex.sh" in line:
             assert "indexed 24" in res.stdout, res.stdout + res.stderr

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-import functools
 import io
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.harness import digit_png, mnist_test
 from tests.service.server import Server
 
 
@@ -18,19 +18,7 @@ def png(width: int = 40, height: int = 30, seed: int = 0, mode: str = "RGB") -> 
     return buf.getvalue()
 
 
-@functools.cache
-def _mnist_test():
-    from training.data import load_splits
-
-    return load_splits("mnist5k", 0.2).test
-
-
-def digit_png(i: int) -> bytes:
-    """A real mnist5k test digit as PNG bytes."""
-    img = _mnist_test().image(i)
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
+__all__ = ["digit_png", "mnist_test", "png"]
 
 
 @pytest.fixture(scope="session")

@@ -95,11 +95,8 @@ def test_kill9_during_a_stream_of_adds(tiny_bundle, tmp_path) -> None:
     s.stop()
 
 
-def test_reload_swaps_without_failed_requests(tiny_bundle, tiny_checkpoint, tmp_path) -> None:
-    from export.bundle import export_bundle
-
-    other = tmp_path / "other"
-    export_bundle(tiny_checkpoint, other, exit_depths="1,2,4", progress=False)
+def test_reload_swaps_without_failed_requests(tiny_bundle, tiny_bundle_sparse, tmp_path) -> None:
+    other = tiny_bundle_sparse
     corrupt = tmp_path / "corrupt"
     shutil.copytree(tiny_bundle, corrupt)
     (corrupt / "exit_02.onnx").write_bytes(b"not onnx")

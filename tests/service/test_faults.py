@@ -120,11 +120,10 @@ def test_overload_gives_503_and_recovers(tiny_bundle, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("swaps", [10])
-def test_reload_under_load_loses_no_request(tiny_bundle, tiny_checkpoint, tmp_path, swaps) -> None:
-    from export.bundle import export_bundle
-
-    other = tmp_path / "other"
-    export_bundle(tiny_checkpoint, other, exit_depths="2,4", progress=False)
+def test_reload_under_load_loses_no_request(
+    tiny_bundle, tiny_bundle_sparse, tmp_path, swaps
+) -> None:
+    other = tiny_bundle_sparse
     s = Server(tiny_bundle, tmp_path / "data", tmp_path / "log").start()
     codes: list[int] = []
     stop = threading.Event()

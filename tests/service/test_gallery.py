@@ -15,13 +15,9 @@ from tests.service.server import Server
 
 
 @pytest.fixture(scope="module")
-def shallow(tiny_checkpoint, tmp_path_factory):
+def shallow(tiny_bundle_shallow):
     """A bundle with exits 1 and 2 only; its gallery depth is still 4 (the model's depth)."""
-    from export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("shallow") / "b"
-    export_bundle(tiny_checkpoint, out, exit_depths="1,2", segments=False, progress=False)
-    return out
+    return tiny_bundle_shallow
 
 
 def test_items_of_a_bundle_without_its_gallery_exit_are_embedded_by_the_all_exits_graph(

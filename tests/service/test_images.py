@@ -5,18 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
-from skimage import data as skdata
 
 from service.errors import APIError
 from service.inference.images import decode, resize_center_crop, to_rgb
-from training.augment import eval_geometry
-from training.config import DataConfig
+
+
+def reference():
+    """training/'s eval transform and its config (the reference needs torch)."""
+    pytest.importorskip("torch", reason="the reference is training/'s torchvision transform")
+    from training.augment import eval_geometry
+    from training.config import DataConfig
+
+    return eval_geometry, DataConfig
 
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic", "nearest"])
 @pytest.mark.parametrize("crop_ratio", [1.0, 0.875])
 @pytest.mark.parametrize("size", [(28, 28), (512, 512), (640, 480), (33, 97), (3, 5), (300, 29)])
 def test_equals_torchvision_eval_geometry(size, crop_ratio, interpolation) -> None:
+    eval_geometry, DataConfig = reference()
     cfg = DataConfig(eval_crop_ratio=crop_ratio, interpolation=interpolation)
     crop = 28
     resize = round(crop / crop_ratio)
@@ -29,6 +36,8 @@ def test_equals_torchvision_eval_geometry(size, crop_ratio, interpolation) -> No
 
 
 def test_equals_torchvision_on_photos() -> None:
+    eval_geometry, DataConfig = reference()
+    skdata = pytest.importorskip("skimage.data")
     cfg = DataConfig(eval_crop_ratio=0.875, interpolation="bicubic")
     for photo in (skdata.astronaut(), skdata.coffee(), skdata.chelsea()):
         img = Image.fromarray(photo)

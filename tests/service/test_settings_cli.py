@@ -49,9 +49,9 @@ def test_bad_settings_fail_fast(repo_root, tiny_bundle) -> None:
 def test_reindex_a_folder_is_resumable(tiny_bundle, tmp_path) -> None:
     from PIL import Image
 
-    from training.data import load_splits
+    from tests.harness import mnist_test
 
-    test = load_splits("mnist5k", 0.2).test
+    test = mnist_test()
     for i in range(0, 40):
         folder = tmp_path / "gallery" / str(int(test.labels[i * 25]))
         folder.mkdir(parents=True, exist_ok=True)

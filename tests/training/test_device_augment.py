@@ -81,7 +81,7 @@ def test_each_operation_does_what_it_says() -> None:
 
 
 def test_training_runs_with_device_augmentation(tmp_path) -> None:
-    from tests.conftest import TINY_CONFIG
+    from tests.bundles import TINY_CONFIG
     from training.loop import train
 
     cfg = load_config(TINY_CONFIG, ["train.max_steps=2", "data.augment_on=device"])

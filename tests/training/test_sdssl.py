@@ -80,7 +80,7 @@ def test_few_steps_lower_the_loss(tiny_cfg, mnist_batch, method, distill) -> Non
 
 
 def _heads_model(method: str, reference: bool):
-    from tests.conftest import TINY_CONFIG
+    from tests.bundles import TINY_CONFIG
     from training.config import load_config
     from training.sdssl import SDSSL
 

@@ -40,7 +40,7 @@ def test_stacked_mlp_equals_separate_mlps(last_bn: bool) -> None:
 
 @pytest.mark.parametrize("method", ["simclr", "mocov3", "byol"])
 def test_sdssl_loss_is_the_same_with_stacked_heads(method: str) -> None:
-    from tests.conftest import TINY_CONFIG
+    from tests.bundles import TINY_CONFIG
     from training.config import load_config
     from training.sdssl import SDSSL
 
