@@ -20,7 +20,7 @@ from bench.common import DEFAULT_BUNDLE, machine
 from export.bridges.build import data_roles, embed
 from export.bridges.evaluate import evaluate_bridges
 from export.bridges.fit import fit_ridge, identity
-from export.manifest import Manifest
+from export.manifest import Manifest, exit_row
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ def compare(bundle: Path) -> list[str]:
     x = embed(all_exits, fit, m.preprocess, "embed fit")
     g = embed(all_exits, gallery, m.preprocess, "embed gallery")
     q = embed(all_exits, queries, m.preprocess, "embed queries")
-    target = x[b.gallery_depth - 1]
+    target = exit_row(x, b.gallery_depth)
     maps, seconds = {}, {}
     for kind, fitter in (("ridge", fit_ridge), ("mlp", fit_mlp)):
         started = time.perf_counter()
         maps[kind] = {
-            d: identity(x.shape[-1]) if d == b.gallery_depth else fitter(x[d - 1], target)
+            d: identity(x.shape[-1]) if d == b.gallery_depth else fitter(exit_row(x, d), target)
             for d in range(1, depth + 1)
         }
         seconds[kind] = time.perf_counter() - started

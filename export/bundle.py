@@ -8,7 +8,6 @@ interrupted or failed export leaves nothing that looks like a bundle.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -41,6 +40,7 @@ from export.manifest import (
     Preprocess,
     SegmentEntry,
     exit_file_name,
+    exit_row,
     file_sha256,
     segment_file_name,
 )
@@ -48,7 +48,7 @@ from export.parity import check_exit, check_exits_agree, onnx_session
 from export.samples import sample_images
 from export.weights import share_bundle_weights
 from training.augment import eval_resize
-from training.checkpoint import CONFIG, METRICS, WEIGHTS, load_backbone
+from training.checkpoint import CONFIG, METRICS, WEIGHTS, MetricsRecord, load_backbone
 from training.config import Config
 from training.exits import exit_embeddings, parse_exit_depths
 
@@ -131,13 +131,9 @@ def _metrics(ckpt_dir: Path) -> dict[int, tuple[float | None, float | None]]:
     if not path.is_file():
         return {}
     try:
-        m = json.loads(path.read_text())
-        return {
-            int(d): (k, lin)
-            for d, k, lin in zip(m["exit_depths"], m["knn_top1"], m["linear_top1"], strict=True)
-        }
-    except (ValueError, KeyError, TypeError):
-        log.warning("ignoring unreadable %s", path)
+        return MetricsRecord.read(path).by_depth()
+    except (OSError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        log.warning("ignoring unreadable %s: %s", path, str(exc).splitlines()[0])
         return {}
 
 
@@ -246,7 +242,7 @@ def _write_graphs(
             check_exits_agree(outputs, all_out, fp16)
         else:
             out = session.run(None, {INPUT_NAME: images})[0]
-            check_exit(out, reference[d - 1], fp16, name)
+            check_exit(out, exit_row(reference, d), fp16, name)
             outputs[d] = out
             knn, lin = metrics.get(d, (None, None))
             entries.append(
@@ -341,7 +337,7 @@ def _write_segments(
                       example=example, input_name=source)  # fmt: skip
         feed = {source: hidden}
         hidden, out = onnx_session(tmp / name).run(None, feed)
-        check_exit(out, reference[last - 1], fp16, name)
+        check_exit(out, exit_row(reference, last), fp16, name)
         entries.append(SegmentEntry(first=first, last=last, file=name,
                                     sha256=file_sha256(tmp / name)))  # fmt: skip
         if after_graph is not None:

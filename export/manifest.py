@@ -12,7 +12,7 @@ import os
 import stat
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -206,6 +206,15 @@ class Manifest(_Strict):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2) + "\n"
+
+
+def exit_row(all_exits: Any, exit_depth: int) -> Any:
+    """Exit depth ``exit_depth``'s rows in an all-exits array ``[L, N, D]`` (the graph's
+    ``embeddings`` output, or any array laid out like it): row ``exit_depth - 1``, the one
+    place that rule is written."""
+    if not 1 <= exit_depth <= len(all_exits):
+        raise IndexError(f"exit depth {exit_depth} is not in 1..{len(all_exits)}")
+    return all_exits[exit_depth - 1]
 
 
 def segment_file_name(first: int, last: int) -> str:

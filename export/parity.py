@@ -8,6 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from export.errors import BundleError
+from export.manifest import exit_row
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COS = 0.999
@@ -45,4 +46,4 @@ def check_exit(out: np.ndarray, ref: np.ndarray, fp16: bool, name: str) -> None:
 def check_exits_agree(per_exit: dict[int, np.ndarray], all_out: np.ndarray, fp16: bool) -> None:
     """Every ``exit_DD`` output equals ``all_exits[d-1]`` within the same bounds."""
     for d, out in per_exit.items():
-        check_exit(out, all_out[d - 1], fp16, f"exit_{d:02d} vs all_exits[{d - 1}]")
+        check_exit(out, exit_row(all_out, d), fp16, f"exit_{d:02d} vs all_exits[{d - 1}]")

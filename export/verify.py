@@ -17,6 +17,7 @@ from export.manifest import (
     SEGMENT_OUTPUT,
     BundleIntegrityError,
     Manifest,
+    exit_row,
     load_verified,
 )
 from export.parity import check_exit, check_exits_agree, onnx_session
@@ -61,11 +62,11 @@ def verify_bundle(bundle: Path, batch: int = 4) -> Manifest:
         except Exception as exc:
             raise BundleError(f"{entry.file} does not run: {exc}") from exc
         if bridged:
-            check_exit(raw[0], all_raw[0][entry.exit_depth - 1], fp16, f"{entry.file} (raw)")
+            check_exit(raw[0], exit_row(all_raw[0], entry.exit_depth), fp16, f"{entry.file} (raw)")
         norms = np.linalg.norm(out, axis=-1)
         if not np.allclose(norms, 1.0, atol=1e-2 if fp16 else 1e-4):
             raise BundleError(f"{entry.file}: embeddings are not L2-normalised")
-        check_exit(out, all_out[entry.exit_depth - 1], fp16, entry.file)
+        check_exit(out, exit_row(all_out, entry.exit_depth), fp16, entry.file)
         per_exit[entry.exit_depth] = out
     check_exits_agree(per_exit, all_out, fp16)
     hidden = images
@@ -75,5 +76,7 @@ def verify_bundle(bundle: Path, batch: int = 4) -> Manifest:
             hidden, out = onnx_session(bundle / seg.file).run([SEGMENT_OUTPUT, EXIT_OUTPUT], feed)
         except Exception as exc:
             raise BundleError(f"{seg.file} does not run: {exc}") from exc
-        check_exit(out, all_out[seg.last - 1], fp16, f"{seg.file} vs all_exits[{seg.last - 1}]")
+        check_exit(
+            out, exit_row(all_out, seg.last), fp16, f"{seg.file} vs all_exits[{seg.last - 1}]"
+        )
     return manifest

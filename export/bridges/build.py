@@ -33,6 +33,7 @@ from export.manifest import (
     Preprocess,
     Retrieval,
     SegmentEntry,
+    exit_row,
     file_sha256,
 )
 from export.parity import check_exit, onnx_session
@@ -132,9 +133,9 @@ def fit_bridges(
     fit, gallery, queries = data_roles(dataset, test_fraction)
     log(f"bridges: {len(fit)} fitting images, {len(gallery)} gallery, {len(queries)} queries")
     x = embed(all_exits, fit, pre, "embed fit", progress)
-    target = x[gallery_depth - 1]
+    target = exit_row(x, gallery_depth)
     bridges = {
-        d: identity(x.shape[-1]) if d == gallery_depth else fit_ridge(x[d - 1], target)
+        d: identity(x.shape[-1]) if d == gallery_depth else fit_ridge(exit_row(x, d), target)
         for d in tqdm(range(1, depth + 1), desc="fit bridges", disable=not progress)
     }
     g = embed(all_exits, gallery, pre, "embed gallery", progress)
@@ -189,7 +190,7 @@ def fold_graphs(
     by_depth = {r.exit_depth: r for r in fitted.retrieval}
 
     def expect(d: int, raw: np.ndarray) -> np.ndarray:
-        base = raw if reference is None else reference[d - 1]
+        base = raw if reference is None else exit_row(reference, d)
         return bridges[d].apply(base).astype(np.float32)
 
     new_exits = []
@@ -224,7 +225,9 @@ def fold_graphs(
         [ALL_EXITS_OUTPUT, raw_name(ALL_EXITS_OUTPUT)], {INPUT_NAME: images}
     )
     for d in depths:
-        check_exit(out[d - 1], expect(d, raw_all[d - 1]), fp16, f"{all_exits.file}[{d - 1}]")
+        check_exit(
+            exit_row(out, d), expect(d, exit_row(raw_all, d)), fp16, f"{all_exits.file}[{d - 1}]"
+        )
     check_exit(
         raw_after.reshape(-1, raw_after.shape[-1]),
         raw_all.reshape(-1, raw_all.shape[-1]),

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from export.bridges.fit import Ridge
+from export.manifest import exit_row
 from training.knn import knn_predict
 
 RECALL_AT = 10
@@ -93,11 +94,11 @@ def evaluate_bridges(
     """Per bridged depth, from raw embeddings ``gallery`` [L, Ng, D] and ``queries`` [L, Nq, D]."""
     labelled = gallery_labels is not None and query_labels is not None
     fold = fold_of(query_labels, queries.shape[1], folds)
-    space = bridges[gallery_depth].apply(gallery[gallery_depth - 1])
-    truth = _top(space, bridges[gallery_depth].apply(queries[gallery_depth - 1]), RECALL_AT)
+    space = bridges[gallery_depth].apply(exit_row(gallery, gallery_depth))
+    truth = _top(space, bridges[gallery_depth].apply(exit_row(queries, gallery_depth)), RECALL_AT)
     out = []
     for d, ridge in sorted(bridges.items()):
-        q = ridge.apply(queries[d - 1])
+        q = ridge.apply(exit_row(queries, d))
         found = _top(space, q, RECALL_AT)
         recall = np.array([len(np.intersect1d(a, b)) for a, b in zip(found, truth, strict=True)])
         recall = recall / truth.shape[1]
@@ -105,7 +106,12 @@ def evaluate_bridges(
         if labelled:
             same = mean_se(
                 _knn_correct(
-                    gallery[d - 1], gallery_labels, queries[d - 1], query_labels, k, temperature
+                    exit_row(gallery, d),
+                    gallery_labels,
+                    exit_row(queries, d),
+                    query_labels,
+                    k,
+                    temperature,
                 ),
                 fold,
             )

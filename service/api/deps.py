@@ -14,6 +14,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import SecretStr
 
+from service.api.middleware import intake
 from service.errors import APIError
 from service.inference import Admission
 from service.inference.decoding import DecodePool
@@ -60,13 +61,13 @@ async def get_runtime(request: Request) -> AsyncIterator[Runtime]:
         runtime.active -= 1
 
 
-async def admit_inference(request: Request) -> AsyncIterator[Admission]:
+async def admit_inference(
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+) -> AsyncIterator[Admission]:
     """An inference request is in flight (for the batcher's company rule) from its arrival —
-    this runs before the body is read — until it reaches the scheduler or ends."""
-    runtime = request.app.state.holder.current
-    if runtime is None:
-        raise APIError(503, "not_ready", "the model is still loading", {"Retry-After": "5"})
-    admission = runtime.scheduler.admit()
+    this runs before the body is read — until it reaches the scheduler or ends; admitted by
+    the very runtime the request is pinned to (FastAPI resolves ``get_runtime`` once)."""
+    admission = runtime.scheduler.admit(arrival=intake().arrival)
     try:
         yield admission
     finally:

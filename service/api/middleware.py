@@ -1,10 +1,13 @@
 """Pure-ASGI middleware: arrival time, request id, request-body cap, security headers, per-route
-metrics."""
+metrics. What it learns of a request on arrival is the request's :class:`Intake`, which the
+code serving the request reads with :func:`intake` (a context variable, typed, set once)."""
 
 from __future__ import annotations
 
 import json
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +29,23 @@ CSP_DOCS = ("default-src 'self'; script-src 'self' 'unsafe-inline' https://cdn.j
             "frame-ancestors 'none'")  # fmt: skip
 CSP_DATA = "default-src 'none'; frame-ancestors 'none'"
 DOCS = ("/docs", "/redoc")
+
+
+@dataclass(frozen=True)
+class Intake:
+    """A request as it arrived: when its headers were read (``time.perf_counter()`` seconds,
+    where its budget starts) and its id."""
+
+    arrival: float
+    request_id: str
+
+
+_INTAKE: ContextVar[Intake] = ContextVar("intake")
+
+
+def intake() -> Intake:
+    """The current request's :class:`Intake` (set by :class:`IntakeMiddleware`)."""
+    return _INTAKE.get()
 
 
 def _headers(csp: str) -> list[tuple[bytes, bytes]]:
@@ -76,19 +96,19 @@ class IntakeMiddleware:
             await self.app(scope, receive, send)
             return
         arrival = time.perf_counter()
-        scope.setdefault("state", {})["arrival"] = arrival
         headers = dict(scope.get("headers") or [])
         rid = request_id(headers.get(b"x-request-id"))
+        _INTAKE.set(Intake(arrival, rid))
         REQUEST_ID.set(rid)
         secure = [*security_headers(scope.get("path", "")), (b"x-request-id", rid.encode())]
-        status = {"code": 500}
+        code, depth = 500, ""
         try:
             declared = int(headers.get(b"content-length", b"-1"))
         except ValueError:
             declared = -1
         if declared > self.limit:
             await self._reject(send, BodyTooLarge(self.limit), secure)
-            self._record(scope, 413, arrival)
+            self._record(scope, 413, "", arrival)
             return
         seen = 0
 
@@ -102,15 +122,19 @@ class IntakeMiddleware:
             return message
 
         async def tracking_send(message: Message) -> None:
+            nonlocal code, depth
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                code = message["status"]
+                for name, value in message.get("headers", []):
+                    if name == b"x-exit-depth":  # an inference route's answer: its depth
+                        depth = value.decode("latin-1")
                 message["headers"] = [*message.get("headers", []), *secure]
             await send(message)
 
         try:
             await self.app(scope, limited_receive, tracking_send)
         finally:
-            self._record(scope, status["code"], arrival)
+            self._record(scope, code, depth, arrival)
 
     async def _reject(
         self, send: Send, exc: BodyTooLarge, extra: list[tuple[bytes, bytes]]
@@ -130,9 +154,8 @@ class IntakeMiddleware:
         )
         await send({"type": "http.response.body", "body": body})
 
-    def _record(self, scope: Scope, status: int, arrival: float) -> None:
+    def _record(self, scope: Scope, status: int, depth: str, arrival: float) -> None:
         route = scope.get("route")
         path = getattr(route, "path", "unmatched")
-        depth = scope.get("state", {}).get("exit_depth", "")
         self.metrics.requests.labels(path, str(status)).inc()
         self.metrics.latency.labels(path, str(depth)).observe(time.perf_counter() - arrival)

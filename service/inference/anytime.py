@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from service.inference.planner import goes_on, in_time, latest_start
+
 
 @dataclass(eq=False)  # riders are told apart by identity
 class Rider:
@@ -72,7 +74,10 @@ class Cohort:
             if self.depth < self.max_depth
             else 0.0
         )
-        return min(r.deadline - r.reserve_s for r in self.riders) - reach
+        return min(
+            latest_start(reach_s=reach, reserve_s=r.reserve_s, deadline=r.deadline)
+            for r in self.riders
+        )
 
     @property
     def oldest(self) -> float:
@@ -98,16 +103,21 @@ class Cohort:
     def leave(
         self, now: float, cost_s: Callable[[int, int, int], float]
     ) -> list[tuple[Rider, Left]]:
-        """Riders that must leave now: past the last exit depth, or when reaching the next
-        one (``cost_s(from_depth, to_depth, images)`` at this cohort's size) would not end
-        ``reserve_s`` before their deadline. Their rows leave the hidden state."""
+        """Riders that must leave now: past the last exit depth, or when the planner says they
+        cannot go on (:func:`~.planner.goes_on`: reaching the next exit depth,
+        ``cost_s(from_depth, to_depth, images)`` at this cohort's size, and answering would not
+        fit). Their rows leave the hidden state."""
         if self.banked == 0 or self.embedding is None:
             return []  # every rider reaches the first exit depth
         if self.depth >= self.max_depth:
             leaving = list(self.riders)
         else:
             cost = cost_s(self.depth, self.next_exit(), self.images)
-            leaving = [r for r in self.riders if now + cost + r.reserve_s > r.deadline]
+            leaving = [
+                r
+                for r in self.riders
+                if not goes_on(now=now, reach_s=cost, reserve_s=r.reserve_s, deadline=r.deadline)
+            ]
         if not leaving:
             return []
         out, keep, offset = [], [], 0
@@ -115,7 +125,7 @@ class Cohort:
             rows = slice(offset, offset + len(r.images))
             offset += len(r.images)
             if r in leaving:
-                fits = now + r.reserve_s <= r.deadline
+                fits = in_time(now + r.reserve_s, r.deadline)
                 out.append((r, Left(self.embedding[rows], self.banked, fits, now, r.enqueued,
                                     self.started or now, self.size0)))  # fmt: skip
             else:

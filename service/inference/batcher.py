@@ -106,9 +106,9 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="compute")
         self._task: asyncio.Task | None = None
         self._closed = False
-        # Inference requests admitted but not yet submitted (parsing, decoding): the scheduler
-        # counts them. Waiting for company only pays when some are on their way.
-        self.upstream: Callable[[], int] = lambda: 0
+        # Inference requests admitted but not yet submitted (parsing, decoding), counted by
+        # their Admission. Waiting for company only pays when some are on their way.
+        self.upstream = 0
 
     @property
     def queued_images(self) -> int:
@@ -147,7 +147,7 @@ class Batcher:
         return QueueState(
             pending=dict(self._pending),
             inflight_remaining_ms=remaining,
-            company=self.upstream() > 1,  # someone besides the asker is on the way
+            company=self.upstream > 1,  # someone besides the asker is on the way
         )
 
     def _admit(self, n: int) -> None:
@@ -262,7 +262,7 @@ class Batcher:
             await asyncio.wait_for(self._wake.wait(), wait)
             return  # work came
         probe = retimer.probe()
-        if probe is None or self.upstream() or self._total:
+        if probe is None or self.upstream or self._total:
             return
         key, b, x = probe
         fn = self._run_segment if key in self.segments else self._run
@@ -290,7 +290,7 @@ class Batcher:
         """Wait (at most until ``oldest`` is max_wait old) when the batch is not full and
         other requests are on their way; True if it waited."""
         age = time.perf_counter() - oldest
-        if self.upstream() > 0 and images < self.max_batch and age < self.max_wait_s:
+        if self.upstream > 0 and images < self.max_batch and age < self.max_wait_s:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.max_wait_s - age)
@@ -304,7 +304,7 @@ class Batcher:
         self._inflight = (time.perf_counter(), predicted)
         started = time.perf_counter()
         try:
-            if predicted <= INLINE_MS and not self.upstream() and not self._total:
+            if predicted <= INLINE_MS and not self.upstream and not self._total:
                 out = fn(key, *args)  # alone and tiny: two thread hops would cost more
             else:
                 loop = asyncio.get_running_loop()

@@ -27,6 +27,7 @@ from export.manifest import (
     SEGMENT_INPUT,
     SEGMENT_OUTPUT,
     Manifest,
+    exit_row,
     gallery_depth,
 )
 from service.errors import Refusal
@@ -85,7 +86,7 @@ def gallery_graph(manifest: Manifest) -> GraphKey:
 
 def gallery_rows(manifest: Manifest, output: np.ndarray) -> np.ndarray:
     """``[N, D]`` gallery vectors from :func:`gallery_graph`'s output."""
-    return output if output.ndim == 2 else output[gallery_depth(manifest) - 1]
+    return output if output.ndim == 2 else exit_row(output, gallery_depth(manifest))
 
 
 def graph_files(manifest: Manifest) -> dict[GraphKey, str]:

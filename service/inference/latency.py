@@ -15,10 +15,13 @@ import statistics
 import threading
 import time
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from typing import TypeVar
 
 QUANTILE = 0.99
 WINDOW = 128  # observations kept per (graph, batch size) and per timing component
+
+T = TypeVar("T")
 
 
 def tail(samples: Iterable[float], quantile: float = QUANTILE) -> float:
@@ -101,6 +104,17 @@ class LatencyModel:
         with self._lock:
             self._windows.setdefault((key, b), Window()).add(ms)
             self._last[(key, b)] = time.perf_counter()
+
+    def time(self, key: Hashable, n: int, run: Callable[[], T], runs: int) -> T:
+        """Run ``run`` once untimed (allocations, caches), then ``runs`` times, each folded in
+        as a run of ``key`` on ``n`` images; the last output (the first when ``runs`` is 0).
+        The one timing loop of warm-up."""
+        out = run()
+        for _ in range(runs):
+            start = time.perf_counter()
+            out = run()
+            self.observe(key, n, 1000 * (time.perf_counter() - start))
+        return out
 
     def last_run(self, key: Hashable, b: int) -> float | None:
         """When bucket ``(key, b)`` last learned a run (perf_counter seconds); None: never."""

@@ -1,4 +1,7 @@
-"""Latency budget → exit depth: pure functions of what is known when a request is planned.
+"""Latency budget → exit depth: pure functions of what is known when a request is planned —
+the one depth policy, asked once per request for a whole graph (:func:`choose_depth`) and at
+every segment boundary by an anytime cohort (:func:`goes_on`). Both apply one rule
+(:func:`in_time`): work fits when it is predicted to end, response included, by the deadline.
 
 A request's server-side time is what has passed since it arrived (parsing, decoding: known
 exactly when the depth is chosen) + what remains: its wait for the batch it joins, that batch's
@@ -14,6 +17,25 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 
 from service.inference.latency import LatencyModel
+
+
+def in_time(predicted_end: float, deadline: float) -> bool:
+    """The rule of every depth decision: what is predicted to end (response included) by the
+    deadline fits. Times in one unit: seconds on ``time.perf_counter()``, or ms since arrival."""
+    return predicted_end <= deadline
+
+
+def goes_on(*, now: float, reach_s: float, reserve_s: float, deadline: float) -> bool:
+    """Anytime, at a segment boundary: a request goes on to the next exit depth when reaching it
+    (``reach_s``, predicted at the cohort's size) and then answering (``reserve_s``) fits;
+    otherwise it leaves with the last exit depth passed. Monotone like :func:`choose_depth`:
+    a later deadline never leaves earlier."""
+    return in_time(now + reach_s + reserve_s, deadline)
+
+
+def latest_start(*, reach_s: float, reserve_s: float, deadline: float) -> float:
+    """When work of ``reach_s`` must start at the latest for :func:`goes_on` to hold."""
+    return deadline - reserve_s - reach_s
 
 
 @dataclass(frozen=True)
@@ -45,7 +67,7 @@ class Estimate:
     total_ms: float  # elapsed so far + raw remainder + pads: the prediction
 
     def fits(self, budget_ms: float) -> bool:
-        return self.total_ms <= budget_ms
+        return in_time(self.total_ms, budget_ms)
 
 
 def estimate(

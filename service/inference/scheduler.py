@@ -44,18 +44,21 @@ class Served:
 
 
 class Admission:
-    """One inference request in flight, from arrival until it ends; "upstream" (not yet at
-    the batcher, which waits for company only while such requests exist) until it submits."""
+    """One inference request in flight, from its ``arrival`` (``time.perf_counter()`` seconds,
+    when its headers were read: its budget counts from there) until it ends; "upstream" (not
+    yet at the batcher, which waits for company only while such requests exist) until it
+    submits."""
 
-    def __init__(self, scheduler: Scheduler) -> None:
+    def __init__(self, scheduler: Scheduler, arrival: float) -> None:
+        self.arrival = arrival
         self._scheduler, self._upstream, self._open = scheduler, True, True
-        scheduler.upstream += 1
+        scheduler.batcher.upstream += 1
         scheduler.in_flight += 1
 
     def submitted(self) -> None:
         if self._upstream:
             self._upstream = False
-            self._scheduler.upstream -= 1
+            self._scheduler.batcher.upstream -= 1
 
     def close(self) -> None:
         self.submitted()
@@ -97,7 +100,6 @@ class Scheduler:
         )
         self.max_wait_ms = max_wait_ms
         self.calibration = Calibration(calibration)
-        self.upstream = 0  # admitted inference requests not yet submitted
         self.in_flight = 0  # admitted inference requests not yet ended
         # Budgets run block by block when the bundle has segments (and they are not turned off).
         self.anytime = bool(segments) and run_segment is not None
@@ -105,7 +107,6 @@ class Scheduler:
                                queue_bound=queue_bound, on_batch=on_batch,
                                run_segment=run_segment, segments=segments,
                                exit_depths=exit_depths, retimer=self.retimer)  # fmt: skip
-        self.batcher.upstream = lambda: self.upstream
 
     def start(self) -> None:
         self.batcher.start()
@@ -113,8 +114,9 @@ class Scheduler:
     async def close(self) -> None:
         await self.batcher.close()
 
-    def admit(self) -> Admission:
-        return Admission(self)
+    def admit(self, arrival: float) -> Admission:
+        """A request arrived at ``arrival`` and will ask for inference."""
+        return Admission(self, arrival)
 
     async def run(
         self,
@@ -122,7 +124,6 @@ class Scheduler:
         *,
         admission: Admission,
         route: str,
-        arrival: float,
         exit_depth: int | None = None,
         budget_ms: float | None = None,
         all_exits: bool = False,
@@ -132,8 +133,9 @@ class Scheduler:
 
         With segments, a budget runs block by block instead (:mod:`.anytime`): the depth is
         decided at every block boundary, with the time actually spent."""
+        arrival = admission.arrival
         if budget_ms is not None and not all_exits and self.anytime:
-            return await self._anytime(images, admission, route, arrival, budget_ms)
+            return await self._anytime(images, admission, route, budget_ms)
         now, in_flight = time.perf_counter(), self.in_flight
         pads = self.calibration.pads(route, in_flight)
         queue = self.batcher.state()
@@ -178,9 +180,9 @@ class Scheduler:
         return rows[..., : self.split], rows[..., self.split :]
 
     async def _anytime(
-        self, images: np.ndarray, admission: Admission, route: str, arrival: float, budget_ms: float
+        self, images: np.ndarray, admission: Admission, route: str, budget_ms: float
     ) -> Served:
-        lane, in_flight = f"{route}:anytime", self.in_flight
+        arrival, lane, in_flight = admission.arrival, f"{route}:anytime", self.in_flight
         reserve_ms = self.calibration.pads(lane, in_flight).remaining_ms
         admission.submitted()
         left = await self.batcher.submit_anytime(
@@ -203,12 +205,10 @@ class Scheduler:
             lane=lane,
         )
 
-    def without_compute(
-        self, *, admission: Admission, route: str, arrival: float, exit_depth: int
-    ) -> Served:
+    def without_compute(self, *, admission: Admission, route: str, exit_depth: int) -> Served:
         """A request that runs no graph (a search by vector): only its response is ahead."""
         admission.submitted()
-        now, in_flight = time.perf_counter(), self.in_flight
+        now, in_flight, arrival = time.perf_counter(), self.in_flight, admission.arrival
         pads = self.calibration.pads(route, in_flight)
         predicted = 1000 * (now - arrival) + pads.remaining_ms + pads.whole_ms
         return Served(None, exit_depth, None, predicted, True, arrival, now, 0.0, in_flight, None,

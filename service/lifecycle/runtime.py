@@ -8,6 +8,7 @@ failure while building leaves the old runtime serving.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -80,20 +81,12 @@ def warm_up(
             if isinstance(key, Segment):
                 continue
             examples.setdefault(key, images[:1])  # batch size 1 comes first: no copy
-            engine.run(key, images)  # first run: allocations, not timed
-            for _ in range(settings.warmup_runs):
-                start = time.perf_counter()
-                engine.run(key, images)
-                latency.observe(key, b, 1000 * (time.perf_counter() - start))
+            latency.time(key, b, functools.partial(engine.run, key, images), settings.warmup_runs)
         hidden = images
         for segment in engine.segments if settings.anytime != "off" else []:
             examples.setdefault(segment, hidden[:1])
-            engine.run_segment(segment, hidden)
-            for _ in range(settings.warmup_runs):
-                start = time.perf_counter()
-                out, _ = engine.run_segment(segment, hidden)
-                latency.observe(segment, b, 1000 * (time.perf_counter() - start))
-            hidden = out
+            run = functools.partial(engine.run_segment, segment, hidden)
+            hidden, _ = latency.time(segment, b, run, settings.warmup_runs)
     return examples
 
 

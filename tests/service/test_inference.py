@@ -106,13 +106,12 @@ def test_batcher_forms_batches_while_requests_are_on_their_way() -> None:
 
     async def scenario():
         b = Batcher(engine, model(), max_batch=8, max_wait_ms=50, queue_bound=64)
-        upstream = [6]
-        b.upstream = lambda: upstream[0]
+        b.upstream = 6  # six admitted requests on their way
         b.start()
 
         async def one(i):
             await asyncio.sleep(0.001 * i)
-            upstream[0] -= 1
+            b.upstream -= 1
             return await b.submit(1, np.full((1, 2), i, np.uint8))
 
         out = await asyncio.gather(*(one(i) for i in range(6)))
@@ -177,8 +176,8 @@ def test_scheduler_serves_the_deepest_depth_that_fits_and_never_lowers_a_fixed_o
         for name, kw in {"tight": {"budget_ms": 2.6}, "roomy": {"budget_ms": 500.0},
                          "impossible": {"budget_ms": 0.01}, "fixed": {"exit_depth": 2},
                          "deepest": {}, "all": {"all_exits": True}}.items():  # fmt: skip
-            served = await s.run(images, admission=s.admit(), route="r",
-                                 arrival=time.perf_counter(), **kw)  # fmt: skip
+            served = await s.run(images, admission=s.admit(time.perf_counter()), route="r",
+                                 **kw)  # fmt: skip
             results[name] = (served, s.answered(served, route="r"))
         await s.close()
         return results
@@ -200,13 +199,12 @@ def test_admitted_requests_are_the_company_the_batcher_waits_for() -> None:
     async def scenario():
         s = scheduler(sleeping_engine)
         s.start()
-        admissions = [s.admit() for _ in range(3)]
-        assert s.upstream == 3 and s.batcher.state().company
+        admissions = [s.admit(time.perf_counter()) for _ in range(3)]
+        assert s.batcher.upstream == 3 and s.batcher.state().company
         images = np.zeros((1, 2, 2, 3), np.uint8)
-        runs = [s.run(images, admission=a, route="r", arrival=time.perf_counter(),
-                      exit_depth=1) for a in admissions]  # fmt: skip
+        runs = [s.run(images, admission=a, route="r", exit_depth=1) for a in admissions]
         served = await asyncio.gather(*runs)
-        assert s.upstream == 0
+        assert s.batcher.upstream == 0
         await s.close()
         return served
 
@@ -315,8 +313,8 @@ def test_a_depth_passed_over_after_a_slow_spell_is_retimed_when_idle() -> None:
         # Not fed back to calibration (Scheduler.answered): on a loaded CPU the pads it would
         # learn from these requests' wall time could push every depth past 20 ms.
         async def ask(budget_ms):
-            served = await s.run(images, admission=s.admit(), route="r",
-                                 arrival=time.perf_counter(), budget_ms=budget_ms)  # fmt: skip
+            served = await s.run(images, admission=s.admit(time.perf_counter()), route="r",
+                                 budget_ms=budget_ms)  # fmt: skip
             return served.exit_depth
 
         before = await ask(20.0)

@@ -142,10 +142,10 @@ def timed_response(
 ) -> Response:
     """The response of an inference route: ``body`` + model, exit depth and timing (the
     scheduler learns from it), with the depth and elapsed time in ``X-Exit-Depth`` /
-    ``X-Elapsed-Ms`` too — or, given ``npy`` rows, those rows as one .npy body with the rest
+    ``X-Elapsed-Ms`` too (the intake middleware's per-depth latency metric reads the former) —
+    or, given ``npy`` rows, those rows as one .npy body with the rest
     in headers."""
     timing = runtime.scheduler.answered(served, route=route)
-    request.scope["state"]["exit_depth"] = served.exit_depth  # the per-depth latency metric
     if served.budget_ms is not None:
         metrics.budget.labels("met" if timing["budget_met"] else "missed").inc()
     headers = {"X-Exit-Depth": str(served.exit_depth),

@@ -46,7 +46,6 @@ async def embeddings(
     images = await decoder.prepare(payload.images, runtime.manifest.preprocess)
     served = await run_batched(
         runtime.scheduler.run(images, admission=admission, route=ROUTE,
-                              arrival=request.scope["state"]["arrival"],
                               exit_depth=params.exit_depth, budget_ms=params.budget_ms),
         metrics,
     )  # fmt: skip

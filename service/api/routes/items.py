@@ -115,7 +115,6 @@ async def add_items(
     graph = gallery_graph(runtime.manifest)  # items are embedded once, at the gallery depth
     served = await run_batched(
         runtime.scheduler.run(images, admission=admission, route=ROUTE,
-                              arrival=request.scope["state"]["arrival"],
                               **({"all_exits": True} if graph is ALL_EXITS else
                                  {"exit_depth": graph})),
         metrics,

@@ -154,7 +154,6 @@ async def _search(
             f"{queries} queries × k = {params.k} asks for {queries * params.k} hits; the limit "
             f"is {settings.max_search_results} per request (SDSSL_MAX_SEARCH_RESULTS)",
         )
-    arrival = request.scope["state"]["arrival"]
     if vectors is not None:
         if images:
             raise APIError(422, "invalid_request", "send images or vectors, not both")
@@ -164,13 +163,13 @@ async def _search(
         dim = runtime.manifest.model.dim
         query = np.concatenate([_vector(v, dim) for v in vectors])
         served = runtime.scheduler.without_compute(
-            admission=admission, route=f"{ROUTE}:vector", arrival=arrival,
+            admission=admission, route=f"{ROUTE}:vector",
             exit_depth=params.exit_depth or runtime.gallery_depth,
         )  # fmt: skip
     else:
         prepared = await decoder.prepare(images, runtime.manifest.preprocess)
         served = await run_batched(
-            runtime.scheduler.run(prepared, admission=admission, route=ROUTE, arrival=arrival,
+            runtime.scheduler.run(prepared, admission=admission, route=ROUTE,
                                   exit_depth=params.exit_depth, budget_ms=params.budget_ms),
             metrics,
         )  # fmt: skip
