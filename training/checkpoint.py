@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
@@ -25,6 +26,44 @@ from training.sdssl import SDSSL
 WEIGHTS, CONFIG, STATE, METRICS = "model.safetensors", "config.json", "state.pt", "metrics.json"
 # Metadata key in model.safetensors: "full" (student, heads, teacher) or "backbone" (slim).
 CONTENTS_KEY = "contents"
+
+
+class MetricsRecord(BaseModel):
+    """``metrics.json``: a checkpoint's top-1 scores (0..1) per exit depth — the one definition
+    of the file training/evaluate writes, ``slim`` copies and export puts into the manifest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    exit_depths: list[int] = Field(min_length=1)
+    knn_top1: list[float]
+    linear_top1: list[float] = Field(default_factory=list, description="empty: not scored")
+    backbone: str | None = Field(default=None, description="'student' when not the teacher")
+    protocol: str | None = Field(default=None, description="how it was scored, if not the split")
+
+    @model_validator(mode="after")
+    def _aligned(self) -> MetricsRecord:
+        n = len(self.exit_depths)
+        if len(self.knn_top1) != n or len(self.linear_top1) not in (0, n):
+            raise ValueError("knn_top1 (and linear_top1, when scored) need one score per depth")
+        if not all(0.0 <= v <= 1.0 for v in [*self.knn_top1, *self.linear_top1]):
+            raise ValueError("scores are fractions in 0..1")
+        return self
+
+    def by_depth(self) -> dict[int, tuple[float, float | None]]:
+        """exit depth → (k-NN top-1, linear top-1 or None)."""
+        linear = self.linear_top1 or [None] * len(self.exit_depths)
+        return dict(zip(self.exit_depths, zip(self.knn_top1, linear, strict=True), strict=True))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object as written (unset optional keys left out)."""
+        return self.model_dump(exclude_none=True)
+
+    @classmethod
+    def read(cls, path: Path) -> MetricsRecord:
+        """``path`` parsed and checked; pydantic's ValidationError (a ValueError) if it is not
+        a metrics record."""
+        return cls.model_validate_json(path.read_bytes())
 
 
 def atomic_write(path: Path, write) -> None:
@@ -75,7 +114,7 @@ def save_slim(src_dir: Path, out_dir: Path, fp16: bool = True) -> None:
     )
     atomic_write(out_dir / CONFIG, lambda p: cfg.save(p))
     if (src_dir / METRICS).is_file():
-        write_json(out_dir / METRICS, json.loads((src_dir / METRICS).read_text()))
+        write_json(out_dir / METRICS, MetricsRecord.read(src_dir / METRICS).to_dict())
 
 
 def load_config(ckpt_dir: Path) -> Config:

@@ -2,24 +2,49 @@
 
 A :class:`Config` is stored as ``config.json`` in every checkpoint, so a checkpoint rebuilds its
 model with no other input. Config files (YAML or JSON) and ``--set section.key=value`` overrides
-map onto these fields; an unknown key is an error, never silently ignored.
+map onto these fields; an unknown key is an error, never silently ignored. The sections are
+pydantic models: a value is converted to its field's type (``"4"`` → 4, ``"yes"`` → True,
+``"none"`` → None where None is allowed, ``"0.5,0.5,0.5"`` → a tuple) when it is set, from a
+file, an override or code, and a value that does not convert is a :class:`ConfigError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+import types
+import typing
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from training.errors import ConfigError
 
 METHODS = ("simclr", "byol", "mocov3")
 
 
-@dataclass
-class ModelConfig:
+class _Section(BaseModel):
+    """A config section: unknown keys refused, every assignment converted and checked."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _from_text(cls, value: Any, info: Any) -> Any:
+        """What a command line or YAML writes: ``none``/``null`` for None, and ``a,b,c`` for
+        a tuple; the rest is pydantic's lax conversion."""
+        if not isinstance(value, str):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        options = typing.get_args(annotation)
+        if value.strip().lower() in ("none", "null") and type(None) in options:
+            return None
+        if typing.get_origin(annotation) is tuple:
+            return tuple(v.strip() for v in value.split(","))
+        return value
+
+
+class ModelConfig(_Section):
     """The ViT backbone (timm ``VisionTransformer``) and the MoCo v3 recipe switches."""
 
     img_size: int = 28
@@ -36,8 +61,7 @@ class ModelConfig:
     weight_init: str = "moco"  # "moco" or timm's default ""
 
 
-@dataclass
-class HeadsConfig:
+class HeadsConfig(_Section):
     """Projector / predictor MLPs (training only; never exported)."""
 
     proj_hidden_dim: int = 1024  # hidden width of the final layer's projector (4096 at ViT-B)
@@ -55,8 +79,7 @@ class HeadsConfig:
     stacked: bool = False
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Dataset, split, augmentation and normalisation."""
 
     dataset: str = "mnist5k"  # mnist5k | folder:PATH | mnist:ROOT | cifar10:ROOT
@@ -77,8 +100,7 @@ class DataConfig:
     augment_on: str = "cpu"
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """Method, self-distillation and optimisation."""
 
     method: str = "simclr"  # simclr | byol | mocov3
@@ -103,8 +125,7 @@ class TrainConfig:
     log_every: int = 10
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(_Section):
     """Per-depth evaluation protocol (DINO weighted k-NN and a linear probe)."""
 
     knn_k: int = 20
@@ -114,18 +135,19 @@ class EvalConfig:
     batch_size: int = 256
 
 
-@dataclass
-class Config:
+class Config(BaseModel):
     """Everything needed to rebuild, train and evaluate a model."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    heads: HeadsConfig = field(default_factory=HeadsConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    heads: HeadsConfig = Field(default_factory=HeadsConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return self.model_dump()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Config:
@@ -146,42 +168,11 @@ class Config:
         return cls.from_dict(raw)
 
 
-def _coerce(value: Any, current: Any, name: str) -> Any:
-    """Convert a parsed value to the type of the field's current value."""
-    if isinstance(current, bool):
-        if isinstance(value, str):
-            low = value.lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name}: expected a boolean, got {value!r}")
-    if isinstance(current, tuple):
-        items = value.split(",") if isinstance(value, str) else list(value)
-        try:
-            return tuple(float(v) for v in items)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{name}: expected numbers, got {value!r}") from exc
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-        return None
-    try:
-        if isinstance(current, int):
-            return int(value)
-        if isinstance(current, float):
-            return float(value)
-    except (TypeError, ValueError) as exc:
-        kind = type(current).__name__
-        raise ConfigError(f"{name}: expected {kind}, got {value!r}") from exc
-    if current is None and isinstance(value, str):
-        # Optional numeric fields default to None: parse what the user wrote.
-        for conv in (int, float):
-            try:
-                return conv(value)
-            except ValueError:
-                pass
-    return value
+def _kind(annotation: Any) -> str:
+    """A field's type as an error names it: ``int``, ``float or None``, ``tuple``."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else ()
+    names = [getattr(o, "__name__", str(o)) for o in options or (annotation,)]
+    return " or ".join("None" if n == "NoneType" else n for n in names)
 
 
 def set_value(cfg: Config, dotted: str, value: Any) -> None:
@@ -189,14 +180,22 @@ def set_value(cfg: Config, dotted: str, value: Any) -> None:
     section_name, _, key = dotted.partition(".")
     if not key:
         raise ConfigError(f"override {dotted!r} must be section.key (e.g. train.lr)")
-    section = getattr(cfg, section_name, None)
-    if section is None or not dataclasses.is_dataclass(section):
-        sections = ", ".join(f.name for f in dataclasses.fields(cfg))
+    section = getattr(cfg, section_name, None) if section_name in Config.model_fields else None
+    if not isinstance(section, _Section):
+        sections = ", ".join(Config.model_fields)
         raise ConfigError(f"unknown config section {section_name!r} (known: {sections})")
-    names = {f.name for f in dataclasses.fields(section)}
-    if key not in names:
-        raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(sorted(names))})")
-    setattr(section, key, _coerce(value, getattr(section, key), dotted))
+    fields = type(section).model_fields
+    if key not in fields:
+        raise ConfigError(f"unknown config key {dotted!r} (known: {', '.join(sorted(fields))})")
+    try:
+        setattr(section, key, value)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"][1:])  # inside the field: a tuple's item
+        reason = f"item {where}: {err['msg']}" if where else err["msg"]
+        raise ConfigError(
+            f"{dotted}: expected {_kind(fields[key].annotation)}, got {value!r} ({reason})"
+        ) from None
 
 
 def apply_mapping(cfg: Config, raw: dict[str, Any]) -> None:

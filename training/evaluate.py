@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from training.augment import Evaluated, eval_transform
-from training.checkpoint import METRICS, load_backbone, write_json
+from training.checkpoint import METRICS, MetricsRecord, load_backbone, write_json
 from training.config import Config
 from training.data import ImageSource, load_splits
 from training.errors import DataError
@@ -106,15 +106,17 @@ def cross_validated(
 
 
 def metrics_record(
-    dataset: str, exit_depths: list[int], knn: list[float], lin: list[float]
+    dataset: str, exit_depths: list[int], knn: list[float], lin: list[float], **extra: str
 ) -> dict[str, Any]:
-    """The metrics.json shape: dataset, exit_depths, knn_top1, linear_top1 (0..1)."""
-    return {
-        "dataset": dataset,
-        "exit_depths": list(exit_depths),
-        "knn_top1": [round(v, 5) for v in knn],
-        "linear_top1": [round(v, 5) for v in lin],
-    }
+    """The metrics.json object (:class:`~training.checkpoint.MetricsRecord`, checked): scores
+    rounded to 5 places; ``extra``: ``backbone``, ``protocol``."""
+    return MetricsRecord(
+        dataset=dataset,
+        exit_depths=list(exit_depths),
+        knn_top1=[round(v, 5) for v in knn],
+        linear_top1=[round(v, 5) for v in lin],
+        **extra,
+    ).to_dict()
 
 
 def markdown_table(metrics: dict[str, Any]) -> str:
@@ -183,11 +185,10 @@ def evaluate_checkpoint(
         train = embed_source(net, splits.train, cfg, depths, "embed train")
         test = embed_source(net, splits.test, cfg, depths, "embed test")
         knn, lin = score_depths(train, test, cfg)
-    metrics = metrics_record(dataset, depths, knn, lin)
-    if side_student:
-        metrics["backbone"] = "student"
+    extra = {"backbone": "student"} if side_student else {}
     if cv:
-        metrics["protocol"] = "stratified 5-fold cross-validation over all images"
+        extra["protocol"] = "stratified 5-fold cross-validation over all images"
+    metrics = metrics_record(dataset, depths, knn, lin, **extra)
     output = output or (ckpt_dir / "student" if side_student else ckpt_dir)
     output.mkdir(parents=True, exist_ok=True)
     write_json(output / METRICS, metrics)
