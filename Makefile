@@ -22,21 +22,27 @@ JOBS   ?= 1
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-# The lock files the images install also constrain .venv, so tests run the images' versions.
+# The lock files the images install also constrain .venv, so tests run the images' versions:
+# their pins alone (pip takes no hashes in constraints beside an editable install).
 LOCKS := docker/requirements-serve.txt docker/requirements-train.txt
+PINS  := $(VENV)/pins-serve.txt $(VENV)/pins-train.txt
+
+$(VENV)/pins-%.txt: docker/requirements-%.txt
+	@mkdir -p $(VENV)
+	@sed -n 's/^\([A-Za-z0-9_.-]*==[^ ]*\).*/\1/p' $< > $@
 
 # Serving needs no torch, no training data and no dev tools: onnxruntime, FAISS, FastAPI, Pillow.
-$(SERVE_STAMP): pyproject.toml client/pyproject.toml docker/requirements-serve.txt
+$(SERVE_STAMP): pyproject.toml client/pyproject.toml $(VENV)/pins-serve.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[serve]" \
-		-e "./client[images,progress]" -c docker/requirements-serve.txt
+		-e "./client[images,progress]" -c $(VENV)/pins-serve.txt
 	@rm -f $(VENV)/.serve-*
 	@touch $@
 
-$(STAMP): pyproject.toml client/pyproject.toml $(LOCKS)
+$(STAMP): pyproject.toml client/pyproject.toml $(PINS)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[train,export,serve,parquet,test,dev]" \
-		-e "./client[images,progress]" $(addprefix -c ,$(LOCKS))
+		-e "./client[images,progress]" $(addprefix -c ,$(PINS))
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -130,7 +136,7 @@ test-py312 test-py313: test-py3%: $(STAMP)
 	set -ex; \
 	test -x .venv3$*/bin/python || "$$py" -m venv .venv3$*; \
 	.venv3$*/bin/python -m pip install --quiet --disable-pip-version-check \
-		-e ".[serve,parquet,test]" -e "./client[images,progress]" -c docker/requirements-serve.txt; \
+		-e ".[serve,parquet,test]" -e "./client[images,progress]" -c $(VENV)/pins-serve.txt; \
 	$(BIN)/python -m tests.bundles $(TEST_BUNDLES); \
 	SDSSL_TEST_BUNDLES=$(abspath $(TEST_BUNDLES)) .venv3$*/bin/python -m pytest \
 		tests/service tests/client tests/hostile
@@ -178,7 +184,7 @@ verify: $(STAMP) ## verify BUNDLE (hashes, manifest, exits agree with all_exits)
 profile: $(STAMP) ## onnxruntime latency per exit depth of BUNDLE at batch 1, 8, 32
 	$(BIN)/python -m export profile $(BUNDLE) --plot artifacts/profile-$(notdir $(BUNDLE)).png
 
-lock: $(STAMP) ## regenerate docker/requirements-*.txt from the versions in .venv
+lock: $(STAMP) ## re-lock docker/requirements-*.txt from pyproject.toml (uv, with hashes)
 	$(BIN)/python scripts/lock_requirements.py
 
 compare: $(STAMP) ## baseline vs SDSSL for METHOD over SEEDS, JOBS runs at once (writes docs/results/)

@@ -1,18 +1,23 @@
-"""Write the images' pinned requirement files from the versions installed in .venv (the ones the
-tests use), following each extra's full dependency closure.
+"""Lock the images' requirement files from pyproject.toml with a real resolver (uv), every wheel
+pinned with its hashes — CUDA libraries included — for the images' platform.
 
     .venv/bin/python scripts/lock_requirements.py          # rewrite docker/requirements-*.txt
-    .venv/bin/python scripts/lock_requirements.py --check  # exit 1 if a file is out of date
+    .venv/bin/python scripts/lock_requirements.py --check  # exit 1 if a file differs from pyproject
 
-`make setup` installs .venv *constrained by* these files, so the tests run exactly the images'
-versions. To bump a dependency: change its pin in pyproject.toml and in the
-docker/requirements-*.txt files (or install it into .venv by hand), then run this script.
+Each file is ``uv pip compile`` of its extras for CPython 3.11 on manylinux 2.28 x86-64, with
+``--generate-hashes`` (the images install them in pip's hash-checking mode) and
+``--exclude-newer LOCK_DATE`` so that the same pyproject.toml always gives the same files: a new
+release on PyPI changes nothing until LOCK_DATE moves. To bump a dependency: change its pin in
+pyproject.toml (and LOCK_DATE, to let the rest move too), then run this script. ``make lint``
+runs ``--check`` (it needs the package index, as resolving does).
 
-The GPU serving image swaps onnxruntime and faiss-cpu for their GPU builds and pins every CUDA
-library they pull in, all of one CUDA major (13). Those pins are not in .venv (a machine without
-a GPU cannot use them): they are GPU_PINS below, the closure that pip resolves for
-``onnxruntime-gpu[cuda,cudnn]==1.31.1 faiss-gpu-cuvs==1.15.1`` on Python 3.11 / manylinux x86-64
-(``--resolve-gpu`` prints it again, with network access to PyPI).
+- ``requirements-serve.txt``: the ``serve`` extra (the CPU serving image);
+- ``requirements-serve-gpu.txt``: the same with ``onnxruntime`` and ``faiss-cpu`` swapped for
+  their CUDA 13 builds, whose CUDA, cuDNN and cuVS wheels the resolver pins too;
+- ``requirements-train.txt``: the ``train`` and ``export`` extras (torch with its CUDA wheels).
+
+`make setup` installs .venv constrained by these files (their pins, hashes stripped: an editable
+install cannot be hashed), so the tests run exactly the images' versions.
 """
 
 from __future__ import annotations
@@ -21,127 +26,70 @@ import argparse
 import re
 import subprocess
 import sys
+import tempfile
 import tomllib
-from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GPU_ROOTS = ["onnxruntime-gpu[cuda,cudnn]==1.31.1", "faiss-gpu-cuvs==1.15.1"]
-GPU_SWAPS = {"onnxruntime": "onnxruntime-gpu==1.31.1", "faiss-cpu": "faiss-gpu-cuvs==1.15.1"}
-GPU_PINS = {  # CUDA 13 throughout; cuDNN 9; cuVS/RAFT 26.06 as faiss-gpu-cuvs requires
-    "cuda-toolkit": "13.5.0",
-    "libcuvs-cu13": "26.6.0",
-    "libraft-cu13": "26.6.0",
-    "librmm-cu13": "26.6.0",
-    "nvidia-cublas": "13.10.0.20",
-    "nvidia-cuda-nvrtc": "13.5.37",
-    "nvidia-cuda-runtime": "13.5.37",
-    "nvidia-cudnn-cu13": "9.28.1.4",
-    "nvidia-cufft": "12.5.0.14",
-    "nvidia-curand": "10.4.5.25",
-    "nvidia-cusolver": "12.4.1.2",
-    "nvidia-cusparse": "12.9.4.2",
-    "nvidia-nccl-cu13": "2.32.3",
-    "nvidia-nvjitlink": "13.5.37",
-    "rapids-logger": "0.2.3",
+LOCK_DATE = "2026-12-08T00:00:00Z"  # resolve as the index stood then (uv --exclude-newer)
+PLATFORM = ["--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28"]
+GPU_SWAPS = {"onnxruntime": "onnxruntime-gpu[cuda,cudnn]", "faiss-cpu": "faiss-gpu-cuvs"}
+TARGETS = {  # file -> (header, extras, swaps)
+    "requirements-serve.txt": ("serving image, CPU target", ["serve"], {}),
+    "requirements-serve-gpu.txt": ("serving image, GPU target (CUDA 13)", ["serve"], GPU_SWAPS),
+    "requirements-train.txt": ("training/export image", ["train", "export"], {}),
 }
-# Packages provided by the base image or only needed to build: never pinned in the images.
-SKIP = {"pip", "setuptools", "wheel"}
 
 
 def _name(req: str) -> str:
     return re.split(r"[\s\[<>=!~;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
-def closure(roots: list[str]) -> dict[str, str]:
-    """Installed name -> version for ``roots`` and everything they require (no extras)."""
-    seen: dict[str, str] = {}
-    stack = [_name(r) for r in roots]
-    while stack:
-        name = stack.pop()
-        if name in seen or name in SKIP:
-            continue
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue  # an optional platform-specific dependency not installed here
-        seen[name] = dist.version
-        for req in dist.requires or []:
-            if "extra ==" in req:
-                continue
-            marker = req.split(";", 1)[1] if ";" in req else ""
-            if marker and not _marker_ok(marker):
-                continue
-            stack.append(_name(req))
-    return seen
-
-
-def _marker_ok(marker: str) -> bool:
-    try:
-        from packaging.markers import Marker
-
-        return Marker(marker).evaluate()
-    except Exception:
-        return True
-
-
-def extras() -> dict[str, list[str]]:
+def requirements(extras: list[str], swaps: dict[str, str]) -> list[str]:
+    """The project's dependencies plus ``extras``', with ``swaps`` applied (same versions)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    base = project["dependencies"]
-    return {k: base + v for k, v in project["optional-dependencies"].items()}
+    reqs = list(project["dependencies"])
+    for extra in extras:
+        reqs += project["optional-dependencies"][extra]
+    out = []
+    for req in reqs:
+        req = req.split("#", 1)[0].strip()
+        name = _name(req)
+        if name in swaps:
+            req = swaps[name] + req[len(name) :]
+        out.append(req)
+    return sorted(set(out), key=_name)
 
 
-def render(pins: dict[str, str], header: str, swaps: dict[str, str] | None = None) -> str:
-    lines = [f"# {header}", "# Generated by scripts/lock_requirements.py from .venv; do not edit."]
-    for name in sorted(pins, key=lambda n: swaps.get(n, n) if swaps else n):
-        if swaps and name in swaps:
-            lines.append(swaps[name])
-        else:
-            lines.append(f"{name}=={pins[name]}")
-    return "\n".join(lines) + "\n"
+def compile_lock(header: str, reqs: list[str]) -> str:
+    """``uv pip compile`` of ``reqs`` for the images' platform, hashes included."""
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "requirements.in"
+        source.write_text("\n".join(reqs) + "\n")
+        cmd = [sys.executable, "-m", "uv", "pip", "compile", str(source), "--generate-hashes",
+               "--no-header", "--no-annotate", "--quiet", "--exclude-newer", LOCK_DATE,
+               *PLATFORM]  # fmt: skip
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        except FileNotFoundError as exc:
+            raise SystemExit("error: uv is not installed (make setup installs it)") from exc
+        except subprocess.CalledProcessError as exc:
+            raise SystemExit(f"error: uv could not resolve {header}:\n{exc.stderr}") from exc
+    generated = "# Generated by scripts/lock_requirements.py (uv pip compile); do not edit."
+    return f"# {header}\n{generated}\n{done.stdout}"
 
 
 def files() -> dict[Path, str]:
-    ex = extras()
-    serve = closure(ex["serve"])
-    train = closure(ex["train"] + ex["export"])
     return {
-        ROOT / "docker/requirements-serve.txt": render(serve, "serving image, CPU target"),
-        ROOT / "docker/requirements-serve-gpu.txt": render(
-            serve | GPU_PINS, "serving image, GPU target (CUDA 13)", GPU_SWAPS
-        ),
-        ROOT / "docker/requirements-train.txt": render(train, "training/export image"),
+        ROOT / "docker" / name: compile_lock(header, requirements(extras, swaps))
+        for name, (header, extras, swaps) in TARGETS.items()
     }
-
-
-def resolve_gpu() -> str:
-    """The GPU closure as pip resolves it now for the images' platform (needs PyPI)."""
-    import json
-    import tempfile
-
-    platforms = [f"manylinux_2_{n}_x86_64" for n in (5, 12, 17, 24, 27, 28, 34)]
-    platforms += ["manylinux1_x86_64", "manylinux2010_x86_64", "manylinux2014_x86_64"]
-    with tempfile.TemporaryDirectory() as tmp:
-        report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run", "--quiet",
-               "--ignore-installed", "--only-binary=:all:", "--python-version", "3.11",
-               "--target", tmp, "--report", str(report),
-               *(a for p in platforms for a in ("--platform", p)), *GPU_ROOTS]  # fmt: skip
-        subprocess.run(cmd, check=True)
-        found = json.loads(report.read_text())["install"]
-    return "\n".join(f"{i['metadata']['name']}=={i['metadata']['version']}" for i in found)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="only check, exit 1 if stale")
-    parser.add_argument(
-        "--resolve-gpu", action="store_true", help="print the GPU closure pip resolves now"
-    )
     args = parser.parse_args()
-    if args.resolve_gpu:
-        print(resolve_gpu())
-        return 0
     stale = []
     for path, text in files().items():
         if args.check:
@@ -151,7 +99,8 @@ def main() -> int:
             path.write_text(text)
             print(f"wrote {path.relative_to(ROOT)}")
     if stale:
-        print(f"out of date: {', '.join(map(str, stale))} (run scripts/lock_requirements.py)")
+        print(f"out of date with pyproject.toml: {', '.join(map(str, stale))} "
+              "(run scripts/lock_requirements.py)")  # fmt: skip
         return 1
     return 0
 
