@@ -104,6 +104,7 @@ class ServerProcess:
             if self.ready(until):
                 return self
             time.sleep(0.2)
+        self.stop()  # not left running behind a failed test
         raise TimeoutError(f"server not ready after {timeout:.0f} s")
 
     def ready(self, route: str = "readyz") -> bool:
