@@ -40,5 +40,22 @@ report="$out/$(date +%Y-%m-%d)-gpu-serve.md"
     echo "Device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1); command: \`bash bench/gpu_serve.sh\`"
     echo
     timeout 300 "$PYTHON" -m bench.gpu_serve "$bundles/default-fp32" "$bundles/default-fp16"
+    echo
+    echo "## /metrics on this GPU (service.gpu_metrics, NVML from nvidia-ml-py)"
+    echo
+    "$PYTHON" - <<'PY'
+from prometheus_client import CollectorRegistry, generate_latest
+
+from service.gpu_metrics import GPUCollector
+
+collector = GPUCollector()
+if not collector.present:
+    print("NVML not found (install nvidia-ml-py, as the GPU image does): no GPU lines")
+else:
+    registry = CollectorRegistry()
+    registry.register(collector)
+    lines = generate_latest(registry).decode().splitlines()
+    print("\n".join("    " + line for line in lines if line.startswith("sdssl_gpu_")))
+PY
 } | tee "$report"
 echo "wrote $report"

@@ -13,7 +13,8 @@ runs ``--check`` (it needs the package index, as resolving does).
 
 - ``requirements-serve.txt``: the ``serve`` extra (the CPU serving image);
 - ``requirements-serve-gpu.txt``: the same with ``onnxruntime`` and ``faiss-cpu`` swapped for
-  their CUDA 13 builds, whose CUDA, cuDNN and cuVS wheels the resolver pins too;
+  their CUDA 13 builds, whose CUDA, cuDNN and cuVS wheels the resolver pins too, and the ``gpu``
+  extra (NVML, for the GPU metrics);
 - ``requirements-train.txt``: the ``train`` and ``export`` extras (torch with its CUDA wheels).
 
 `make setup` installs .venv constrained by these files (their pins, hashes stripped: an editable
@@ -36,7 +37,11 @@ PLATFORM = ["--python-version", "3.11", "--python-platform", "x86_64-manylinux_2
 GPU_SWAPS = {"onnxruntime": "onnxruntime-gpu[cuda,cudnn]", "faiss-cpu": "faiss-gpu-cuvs"}
 TARGETS = {  # file -> (header, extras, swaps)
     "requirements-serve.txt": ("serving image, CPU target", ["serve"], {}),
-    "requirements-serve-gpu.txt": ("serving image, GPU target (CUDA 13)", ["serve"], GPU_SWAPS),
+    "requirements-serve-gpu.txt": (
+        "serving image, GPU target (CUDA 13)",
+        ["serve", "gpu"],
+        GPU_SWAPS,
+    ),
     "requirements-train.txt": ("training/export image", ["train", "export"], {}),
 }
 

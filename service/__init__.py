@@ -9,7 +9,8 @@ Four wings, each importing only the wings below it (``tests/service/test_layout.
   batch, run
 - :mod:`service.collection` — items, the gallery index, filters, snapshots, the writer lock
 
-and the ground every wing may use: ``settings``, ``errors``, ``metrics``, ``jsonio``, ``logs``.
+and the ground every wing may use: ``settings``, ``errors``, ``metrics`` (and
+``gpu_metrics``), ``jsonio``, ``logs``.
 ``app`` and ``__main__`` assemble them. From the other packages it imports ``export.manifest``
 alone (the bundle contract).
 """

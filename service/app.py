@@ -22,7 +22,7 @@ from service.errors import Refusal
 from service.inference.decoding import DecodePool
 from service.lifecycle.imports import Imports
 from service.lifecycle.rollout import Rollouts, public_reason
-from service.lifecycle.runtime import RuntimeHolder, load_runtime, report_device
+from service.lifecycle.runtime import RuntimeHolder, load_runtime
 from service.lifecycle.serving import bundle_to_serve
 from service.lifecycle.warmup import warm_request_paths
 from service.metrics import Metrics
@@ -57,9 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # A rollout a previous process left running loads its bundle before the first
                 # request, so that every write from then on is mirrored to it.
                 await app.state.rollouts.resume(runtime)
-                app.state.holder.current = runtime  # /readyz stays 503 while warming
+                app.state.holder.swap(runtime, app.state.metrics)  # /readyz: 503 while warming
                 await warm_request_paths(app, runtime)
-                report_device(runtime, app.state.metrics)
                 app.state.warming = False
                 log.info("ready: serving %s", settings.bundle)
             except Refusal as exc:  # waiting would not help: refuse to run at all

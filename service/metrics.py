@@ -11,6 +11,8 @@ from prometheus_client import (
     ProcessCollector,
 )
 
+from service.gpu_metrics import GPUCollector
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -19,9 +21,13 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        # process_* (resident memory, CPU seconds, open files…, from /proc) and python_info
+        # process_* (resident memory, CPU seconds, open files…, from /proc) and python_info;
+        # sdssl_gpu_* where NVML finds a GPU (the GPU image)
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        self.gpu = GPUCollector()
+        if self.gpu.present:
+            r.register(self.gpu)
         self.requests = Counter("sdssl_requests", "HTTP requests", ["route", "status"], registry=r)
         self.latency = Histogram(
             "sdssl_request_seconds",

@@ -41,7 +41,7 @@ from service.collection import IndexMismatch, WriterLockHeld
 from service.errors import APIError, StorageError
 from service.inference.images import prepare
 from service.lifecycle.jobs import MISSING_LISTED, Job, JobStore
-from service.lifecycle.runtime import Runtime, RuntimeHolder, load_runtime, report_device
+from service.lifecycle.runtime import Runtime, RuntimeHolder, load_runtime
 from service.lifecycle.serving import NotServable, record_serving
 from service.metrics import Metrics
 from service.settings import Settings
@@ -268,9 +268,7 @@ class Rollout:
         async with m.holder.reload_lock, self.lock:
             if job.state != "ready":
                 raise RolloutError(f"job is {job.state}, not ready to swap")
-            m.holder.current = self.target
-            report_device(self.target, m.metrics)
-            m.metrics.items.set(self.target.index.indexed())
+            m.holder.swap(self.target, m.metrics)  # the source retires below, once unpinned
             await asyncio.to_thread(
                 record_serving, m.settings.data_dir, Path(job.bundle), self.target.bundle_id,
                 self.source.bundle_id, f"rollout {job.id}",

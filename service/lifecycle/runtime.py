@@ -154,9 +154,7 @@ async def load_runtime(
         split=engine.dim,
     )
     scheduler.start()
-    runtime = Runtime(bundle, manifest, bid, engine, scheduler, index)
-    metrics.items.set(index.indexed())
-    return runtime
+    return Runtime(bundle, manifest, bid, engine, scheduler, index)
 
 
 ANYTIME_MIN_BLOCK_MS = 1.0
@@ -188,7 +186,7 @@ def report_device(runtime: Runtime, metrics: Metrics) -> None:
 
 
 class RuntimeHolder:
-    """The current runtime; ``swap`` replaces it in one assignment."""
+    """The current runtime; :meth:`swap` replaces it in one assignment."""
 
     def __init__(self) -> None:
         self.current: Runtime | None = None
@@ -200,3 +198,12 @@ class RuntimeHolder:
     @property
     def ready(self) -> bool:
         return self.current is not None
+
+    def swap(self, new: Runtime, metrics: Metrics) -> Runtime | None:
+        """Serve ``new`` from now on — the one place that changes what serves (start-up,
+        reload, rollout). Requests already pinned to the old runtime finish on it; the caller
+        retires it (returned; None at start-up). The metrics follow: sessions, items."""
+        old, self.current = self.current, new
+        report_device(new, metrics)
+        metrics.items.set(new.index.indexed())
+        return old

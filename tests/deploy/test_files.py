@@ -108,13 +108,15 @@ def test_image_requirements_are_pinned_to_the_tested_versions() -> None:
                          capture_output=True, text=True)  # fmt: skip
     assert res.returncode == 0, res.stdout
     for name in ("requirements-serve.txt", "requirements-train.txt"):
-        for line in (ROOT / "docker" / name).read_text().splitlines():
-            if line.startswith("#"):
-                continue
-            pkg, version = line.split("==")
-            assert metadata.version(pkg) == version, line
+        text = (ROOT / "docker" / name).read_text()
+        pins = re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)
+        blocks = [b for b in re.split(r"^(?=[A-Za-z0-9])", text, flags=re.M) if "==" in b]
+        assert len(blocks) == len(pins) > 10 and all("--hash=sha256:" in b for b in blocks), name
+        for pkg, version in pins:
+            assert metadata.version(pkg) == version, f"{name}: {pkg}=={version}"
     gpu = (ROOT / "docker" / "requirements-serve-gpu.txt").read_text()
     assert "onnxruntime-gpu" in gpu and "faiss-gpu" in gpu and "\nfaiss-cpu" not in gpu
+    assert re.search(r"^nvidia-cudnn-cu13==\S+ \\\n    --hash=sha256:[0-9a-f]{64}", gpu, re.M)
 
 
 def test_build_context_leaves_out_the_heavy_folders() -> None:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "service"
 # Lower rank: lower wing. A module may import its own wing, a lower one, or the ground.
 WINGS = {"collection": 0, "inference": 1, "lifecycle": 2, "api": 3}
-GROUND = {"settings", "errors", "metrics", "jsonio", "logs"}
+GROUND = {"settings", "errors", "metrics", "gpu_metrics", "jsonio", "logs"}
 TOP = {"app", "__main__"}  # assemble the wings
 FOREIGN = ("torch", "torchvision", "timm", "training", "tests", "bench")
 

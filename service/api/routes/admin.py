@@ -41,7 +41,7 @@ from service.errors import APIError
 from service.lifecycle.imports import ImportRefused, Imports
 from service.lifecycle.jobs import JOB_ID, Job
 from service.lifecycle.rollout import Rollout, RolloutError, Rollouts, public_reason
-from service.lifecycle.runtime import load_runtime, report_device
+from service.lifecycle.runtime import load_runtime
 from service.lifecycle.serving import record_serving
 from service.settings import Settings
 
@@ -113,10 +113,9 @@ async def reload(
                 metrics.reloads.labels("failed").inc()
                 raise APIError(409, "reload_failed", "the data dir cannot record the new bundle: "
                                f"{public_reason(exc)}") from exc  # fmt: skip
-        holder.current = new
+        holder.swap(new, metrics)
         if old is None:  # the start-up load had failed: this bundle makes the server ready
             request.app.state.load_error, request.app.state.warming = None, False
-        report_device(new, metrics)
         metrics.reloads.labels("ok").inc()
         if old is not None:
             task = asyncio.get_running_loop().create_task(old.close(keep_index=same))
