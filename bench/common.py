@@ -1,4 +1,5 @@
-"""Shared benchmark parts: real images and a closed-loop HTTP load. Servers come from
+"""Shared benchmark parts: real images and a closed-loop load through the Python client
+(``sdssl_client``, as users drive the server). Servers come from
 :mod:`tests.harness`, the harness the tests use too: the benchmarks run from a checkout (they
 read its bundles and write bench/results/), so its root is put on the import path when
 ``sdssl-bench`` starts from a console script."""
@@ -15,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,37 +79,38 @@ async def _closed_loop(
     params_for,
     keep_bodies: bool,
 ) -> LoadResult:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        stop = time.perf_counter() + seconds
-        lat: list[float] = []
-        bodies: list[dict] = []
-        errors = 0
+    from sdssl_client import AsyncClient, SDSSLError
 
-        async def worker(w: int) -> None:
-            nonlocal errors
-            i = w
-            while time.perf_counter() < stop:
-                img = images[i % len(images)]
-                start = time.perf_counter()
-                r = await client.post(
-                    "/v1/embeddings",
-                    files={"images": ("d.png", img, "image/png")},
-                    params=params_for(i),
-                )
-                if r.status_code != 200:
-                    errors += 1
-                else:
-                    lat.append(1000 * (time.perf_counter() - start))
-                    if keep_bodies:
-                        body = r.json()
-                        body.pop("embeddings", None)
-                        bodies.append(body)
-                i += concurrency
+    # The product's own client, one connection per worker; no retries: a refusal is counted.
+    clients = [AsyncClient(url, timeout=60, retries=0) for _ in range(concurrency)]
+    stop = time.perf_counter() + seconds
+    lat: list[float] = []
+    bodies: list[dict] = []
+    errors = 0
 
+    async def worker(w: int) -> None:
+        nonlocal errors
+        client, i = clients[w], w
+        await client.limits()  # read once per client, before the clock matters
+        while time.perf_counter() < stop:
+            img = images[i % len(images)]
+            start = time.perf_counter()
+            try:
+                got = await client.embed(img, **params_for(i))
+            except SDSSLError:
+                errors += 1
+            else:
+                lat.append(1000 * (time.perf_counter() - start))
+                if keep_bodies:
+                    bodies.append({"exit_depth": got.exit_depth, "timing": got.timing})
+            i += concurrency
+
+    try:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(w) for w in range(concurrency)))
         elapsed = time.perf_counter() - t0
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
     return LoadResult(len(lat), elapsed, lat, bodies, errors)
 
 

@@ -25,6 +25,12 @@ def create_app(checkpoint: Path) -> FastAPI:
     transform = eval_transform(cfg.model.img_size, cfg.data)
     app = FastAPI()
 
+    depth = cfg.model.depth
+
+    @app.get("/v1/model")
+    async def model() -> dict:  # what the client reads first; its default limits apply
+        return {"model": "naive"}
+
     @app.post("/v1/embeddings")
     async def embed(images: list[UploadFile]) -> dict:
         x = torch.stack(
@@ -32,7 +38,8 @@ def create_app(checkpoint: Path) -> FastAPI:
         )
         with torch.no_grad():
             emb = F.normalize(backbone.forward_features(x)[:, 0], dim=-1)
-        return {"embeddings": emb.tolist()}
+        # The fields the Python client reads (the benchmark drives both servers through it).
+        return {"model": "naive", "exit_depth": depth, "embeddings": emb.tolist()}
 
     return app
 
