@@ -31,6 +31,7 @@ from tqdm import tqdm
 from service.collection import ItemIndex
 from service.collection.ids import ID_RULE, valid_id
 from service.collection.vector_sources import BadLine, SourceError, VectorSource
+from service.collection.vectors import unit_rows
 from service.errors import APIError
 from service.jsonio import loads_strict, metadata_problem
 from service.settings import Settings
@@ -94,8 +95,7 @@ def batches(
         if rows.shape[1:] != (dim,):  # a source whose header said otherwise
             raise SourceError(f"{source.name}: rows of {rows.shape[1:]} values; the bundle's "
                               f"have {dim}")  # fmt: skip
-        norms = np.linalg.norm(rows, axis=1)
-        good = np.isfinite(rows).all(axis=1) & np.isfinite(norms) & (norms > 0)
+        unit, good = unit_rows(rows)
         kept: dict[str, tuple[Any, np.ndarray]] = {}  # a repeated id: the later row wins
         for j, (item_id, text) in enumerate(zip(ids, texts, strict=True)):
             where = f"row {start + j}"
@@ -114,7 +114,7 @@ def batches(
                 counts.refuse(f"{where} ({item_id!r}): {why}")
                 continue
             kept.pop(item_id, None)
-            kept[item_id] = (doc, rows[j] / norms[j])
+            kept[item_id] = (doc, unit[j])
         start += len(ids)
         if kept:
             yield Batch(list(kept), [d for d, _ in kept.values()],

@@ -33,6 +33,19 @@ SNAPSHOT = "snapshot.json"
 GPU_MAX_K = 2048  # FAISS's GPU k-selection limit (k and nprobe)
 
 
+def unit_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors as the gallery stores and searches them: each row scaled to unit length (its
+    inner product with another is the cosine score), float32; and which rows are usable (all
+    values finite, a finite non-zero norm) — the others' rows are meaningless. The one rule for
+    vectors that come from outside (a search by vector, a bulk import)."""
+    rows = np.asarray(rows, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        norms = np.linalg.norm(rows, axis=-1, keepdims=True)
+        good = np.isfinite(rows).all(axis=-1) & np.isfinite(norms[..., 0]) & (norms[..., 0] > 0)
+        unit = np.where(good[..., None], rows / np.where(good[..., None], norms, 1.0), 0.0)
+    return unit.astype(np.float32), good
+
+
 def gpu_capable(dim: int, factory: str) -> bool:
     """Whether FAISS has a GPU version of this index type (graph indexes have none)."""
     probe = faiss.downcast_index(faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT))

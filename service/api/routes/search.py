@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 
 import numpy as np
 from fastapi import APIRouter, Request
@@ -25,6 +24,7 @@ from service.api.routes.common import (
 )
 from service.api.routes.params import BatchSearchParams, SearchParams, parse, schema
 from service.api.schemas import ERRORS, BatchSearchOut, SearchOut, image_request_body
+from service.collection.vectors import unit_rows
 from service.errors import APIError
 from service.inference import Admission, Served
 from service.inference.decoding import DecodePool
@@ -55,10 +55,10 @@ def _vector(raw, dim: int) -> np.ndarray:
         raise APIError(422, "invalid_vector", "vector values must be finite numbers") from exc
     if not np.isfinite(vec).all():
         raise APIError(422, "invalid_vector", "vector contains NaN or infinity")
-    norm = float(np.linalg.norm(vec))
-    if norm == 0.0 or not math.isfinite(norm):
+    unit, good = unit_rows(vec[None])
+    if not good[0]:
         raise APIError(422, "invalid_vector", "vector must have a non-zero, finite norm")
-    return (vec / norm).astype(np.float32)[None]
+    return unit
 
 
 @router.post(
