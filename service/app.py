@@ -21,7 +21,8 @@ from service.collection.cursors import Cursors
 from service.errors import Refusal
 from service.inference.decoding import DecodePool
 from service.lifecycle.imports import Imports
-from service.lifecycle.rollout import Rollouts, public_reason
+from service.lifecycle.reasons import public_reason
+from service.lifecycle.rollouts import Rollouts
 from service.lifecycle.runtime import RuntimeHolder, load_runtime
 from service.lifecycle.serving import bundle_to_serve
 from service.lifecycle.warmup import warm_request_paths

@@ -19,7 +19,7 @@ from service.errors import APIError
 from service.inference import Admission
 from service.inference.decoding import DecodePool
 from service.lifecycle.imports import Imports
-from service.lifecycle.rollout import Rollouts
+from service.lifecycle.rollouts import Rollouts
 from service.lifecycle.runtime import Runtime, RuntimeHolder
 from service.metrics import Metrics
 from service.settings import Settings

@@ -28,7 +28,8 @@ from service.collection.bulk import Batch, Counts, batches
 from service.collection.bulk import store as store_batch
 from service.collection.vector_sources import SourceError, VectorSource, open_source
 from service.lifecycle.jobs import Job, JobStore
-from service.lifecycle.rollout import mirrored, public_reason
+from service.lifecycle.reasons import public_reason
+from service.lifecycle.rollout import mirrored
 from service.lifecycle.runtime import Runtime, RuntimeHolder
 from service.metrics import Metrics
 from service.settings import Settings

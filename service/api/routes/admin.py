@@ -40,7 +40,9 @@ from service.collection import snapshots
 from service.errors import APIError
 from service.lifecycle.imports import ImportRefused, Imports
 from service.lifecycle.jobs import JOB_ID, Job
-from service.lifecycle.rollout import Rollout, RolloutError, Rollouts, public_reason
+from service.lifecycle.reasons import RolloutError, public_reason
+from service.lifecycle.rollout import Rollout
+from service.lifecycle.rollouts import Rollouts
 from service.lifecycle.runtime import load_runtime
 from service.lifecycle.serving import record_serving
 from service.settings import Settings
