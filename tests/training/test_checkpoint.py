@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import replace
 
 import pytest
 import torch
@@ -64,7 +62,8 @@ def test_resume_continues_at_the_same_step_and_lr(tiny_cfg, digit_folder, tmp_pa
     train(tiny_cfg, straight)
 
     interrupted = tmp_path / "interrupted"
-    train(dataclasses.replace(tiny_cfg, train=replace(tiny_cfg.train, max_steps=3)), interrupted)
+    short = tiny_cfg.train.model_copy(update={"max_steps": 3})
+    train(tiny_cfg.model_copy(update={"train": short}), interrupted)
     assert load_state(interrupted)["step"] == 3
     train(tiny_cfg, interrupted, resume=interrupted)
 
