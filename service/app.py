@@ -24,7 +24,7 @@ from service.lifecycle.imports import Imports
 from service.lifecycle.reasons import public_reason
 from service.lifecycle.rollouts import Rollouts
 from service.lifecycle.runtime import RuntimeHolder, load_runtime
-from service.lifecycle.serving import bundle_to_serve
+from service.lifecycle.serving import bundle_to_serve, note_other_indexes
 from service.lifecycle.warmup import warm_request_paths
 from service.metrics import Metrics
 from service.settings import Settings
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 # A rollout a previous process left running loads its bundle before the first
                 # request, so that every write from then on is mirrored to it.
                 await app.state.rollouts.resume(runtime)
+                await asyncio.to_thread(note_other_indexes, settings, runtime.bundle_id)
                 app.state.holder.swap(runtime, app.state.metrics)  # /readyz: 503 while warming
                 await warm_request_paths(app, runtime)
                 app.state.warming = False

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from timm.models.vision_transformer import VisionTransformer
@@ -106,6 +106,17 @@ def save_checkpoint(
 def save_slim(src_dir: Path, out_dir: Path, fp16: bool = True) -> None:
     """Keep only the evaluated backbone (teacher if any), optionally in fp16: for shipping."""
     backbone, cfg = load_backbone(src_dir)
+    metrics = None
+    if (src_dir / METRICS).is_file():  # checked before anything is written
+        try:
+            metrics = MetricsRecord.read(src_dir / METRICS).to_dict()
+        except ValidationError as exc:  # also what a broken JSON text raises
+            err = exc.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            raise CheckpointError(
+                f"{src_dir / METRICS} is not a metrics record: {where + ': ' if where else ''}"
+                f"{err['msg']}"
+            ) from exc
     dtype = torch.float16 if fp16 else torch.float32
     tensors = {f"backbone.{k}": v.to(dtype).contiguous() for k, v in backbone.state_dict().items()}
     atomic_write(
@@ -113,8 +124,8 @@ def save_slim(src_dir: Path, out_dir: Path, fp16: bool = True) -> None:
         lambda p: save_file(tensors, str(p), metadata={CONTENTS_KEY: "backbone"}),
     )
     atomic_write(out_dir / CONFIG, lambda p: cfg.save(p))
-    if (src_dir / METRICS).is_file():
-        write_json(out_dir / METRICS, MetricsRecord.read(src_dir / METRICS).to_dict())
+    if metrics is not None:
+        write_json(out_dir / METRICS, metrics)
 
 
 def load_config(ckpt_dir: Path) -> Config:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from pathlib import Path
 
 from export.manifest import bundle_id
 from service.collection.storage import fsync_write
+from service.collection.store import DATABASE
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -82,3 +84,28 @@ def bundle_to_serve(settings: Settings) -> Path:
     log.warning("SDSSL_BUNDLE is %s, but %s moved serving to %s: serving that (set SDSSL_BUNDLE "
                 "to it to silence this)", settings.bundle, by, moved)  # fmt: skip
     return moved
+
+
+def note_other_indexes(settings: Settings, served_id: str) -> list[str]:
+    """Bundle ids whose indexes the data dir holds besides the served one's, logged as a warning
+    when no rollout or reload recorded the move (``serving.json``): a default that changed under
+    a data dir, whose items the server would otherwise leave unserved without a word."""
+    try:
+        others = sorted(
+            p.name
+            for p in settings.data_dir.iterdir()
+            if p.name != served_id
+            and re.fullmatch(r"[0-9a-f]{64}", p.name)
+            and (p / DATABASE).is_file()
+        )
+    except OSError:
+        return []
+    if others and not (settings.data_dir / SERVING).is_file():
+        log.warning(
+            "the data dir %s also holds the indexes of %d other bundle(s) (%s), not served by "
+            "this one (%s): serve that bundle again with SDSSL_BUNDLE, or re-embed its items "
+            "into this one with `sdssl-reindex BUNDLE %s/<bundle id>`",
+            settings.data_dir, len(others), ", ".join(o[:12] for o in others), served_id[:12],
+            settings.data_dir,
+        )  # fmt: skip
+    return others

@@ -173,7 +173,7 @@ def test_scheduler_serves_the_deepest_depth_that_fits_and_never_lowers_a_fixed_o
         s.start()
         images = np.zeros((1, 2, 2, 3), np.uint8)
         results = {}
-        for name, kw in {"tight": {"budget_ms": 2.6}, "roomy": {"budget_ms": 500.0},
+        for name, kw in {"tight": {"budget_ms": 3.2}, "roomy": {"budget_ms": 500.0},
                          "impossible": {"budget_ms": 0.01}, "fixed": {"exit_depth": 2},
                          "deepest": {}, "all": {"all_exits": True}}.items():  # fmt: skip
             served = await s.run(images, admission=s.admit(time.perf_counter()), route="r",
@@ -184,7 +184,8 @@ def test_scheduler_serves_the_deepest_depth_that_fits_and_never_lowers_a_fixed_o
 
     r = run(scenario())
     assert r["roomy"][0].exit_depth == 4 and r["roomy"][1]["budget_met"] is True
-    # model(): depth 2 alone costs 2.5 ms, depth 3 costs 3.75: a 2.6 ms budget, asked first
+    # model(): depth 2 alone costs 2.5 ms, depth 3 costs 3.75: a 3.2 ms budget (0.7 ms for the
+    # time since arrival, on a busy machine too), asked first
     # (before any batch or answer has taught the scheduler more), gets depth 2
     assert r["tight"][0].exit_depth == 2 and r["tight"][0].fits
     assert r["impossible"][0].exit_depth == 1 and r["impossible"][1]["budget_met"] is False

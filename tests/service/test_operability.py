@@ -33,3 +33,17 @@ def test_request_ids_json_logs_and_process_metrics(tiny_bundle, tmp_path) -> Non
     assert any(x["request_id"] == "trace-42.a:b" and "/v1/items/missing" in x["message"]
                for x in access), access[-5:]  # fmt: skip
     assert any(x["request_id"] == fresh.headers["x-request-id"] for x in access)
+
+
+def test_a_data_dir_holding_another_bundles_items_is_named_at_start(tiny_bundle, tmp_path) -> None:
+    """A default bundle that changed under a data dir (no rollout recorded it) leaves the old
+    bundle's items unserved: the log says so and how to move them."""
+    data, log = tmp_path / "data", tmp_path / "log"
+    other = data / ("ab" * 32)
+    other.mkdir(parents=True)
+    (other / "items.sqlite").write_bytes(b"")  # only its presence is read
+    with Server(tiny_bundle, data, log):
+        pass
+    text = log.read_text()
+    assert "also holds the indexes of 1 other bundle(s) (abababababab)" in text, text[-2000:]
+    assert "sdssl-reindex BUNDLE" in text

@@ -62,8 +62,9 @@ def test_resume_continues_at_the_same_step_and_lr(tiny_cfg, digit_folder, tmp_pa
     train(tiny_cfg, straight)
 
     interrupted = tmp_path / "interrupted"
-    short = tiny_cfg.train.model_copy(update={"max_steps": 3})
-    train(tiny_cfg.model_copy(update={"train": short}), interrupted)
+    short = tiny_cfg.model_copy(deep=True)
+    short.train.max_steps = 3
+    train(short, interrupted)
     assert load_state(interrupted)["step"] == 3
     train(tiny_cfg, interrupted, resume=interrupted)
 
