@@ -32,7 +32,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCK_DATE = "2026-12-07T00:00:00Z"  # resolve as the index stood then (uv --exclude-newer), never later
+LOCK_DATE = "2026-12-07T00:00:00Z"  # the index as it stood then (uv --exclude-newer): past
 PLATFORM = ["--python-version", "3.11", "--python-platform", "x86_64-manylinux_2_28"]
 GPU_SWAPS = {"onnxruntime": "onnxruntime-gpu[cuda,cudnn]", "faiss-cpu": "faiss-gpu-cuvs"}
 TARGETS = {  # file -> (header, extras, swaps)
