@@ -62,7 +62,8 @@ class ServerProcess:
 
     ``log``: a file for the server's output (else it is inherited). ``honour_modes``: as root,
     drop the capabilities that write through file mode bits, so a chmod'ed folder is read-only
-    to the server too. ``env``: more environment variables.
+    to the server too. ``env``: more environment variables. ``root``: the checkout whose
+    ``service`` runs (another commit's, for a before/after benchmark).
     """
 
     def __init__(
@@ -73,9 +74,10 @@ class ServerProcess:
         *,
         honour_modes: bool = False,
         env: dict[str, str] | None = None,
+        root: Path = ROOT,
         **settings: Any,
     ) -> None:
-        self.bundle, self.data_dir, self.log = bundle, data_dir, log
+        self.bundle, self.data_dir, self.log, self.root = bundle, data_dir, log, root
         self.honour_modes = honour_modes and os.geteuid() == 0
         self.env = {**(env or {}), **{f"SDSSL_{k.upper()}": str(v) for k, v in settings.items()}}
         self.port = free_port()
@@ -94,7 +96,7 @@ class ServerProcess:
         if self.log is not None:
             self._log = out = open(self.log, "ab")  # noqa: SIM115 - closed in stop()
         env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out)
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=env, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
