@@ -95,7 +95,7 @@ GALLERY  := artifacts/demo/mnist-test
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-# bundles/default is committed (one copy of the weights: about 12 MB), so serving needs no
+# bundles/default is committed (one copy of the weights: about 8 MB), so serving needs no
 # export; `make export-default` rebuilds it after a change to models/default or export/.
 $(GALLERY)/.complete: data/mnist5k-test.npz | $(SERVE_STAMP)
 	$(BIN)/python scripts/demo_gallery.py $(GALLERY)

@@ -4,9 +4,10 @@ stored once however many graphs use them (ONNX external data with offsets).
 An exit graph at depth d carries blocks 1..d, the all-exits graph all L, and each segment one:
 stored inline that is about 2.5 L copies of the model. Identical tensors — the same block's
 weights in exit_05, exit_12, all_exits and segment_04_05 — are found by their bytes, so the rule
-needs no knowledge of which parameter a tensor came from. onnxruntime reads the offsets relative
-to the graph's folder; the graphs stay small protobufs whose sha256 the manifest pins, and
-``weights.bin``'s own sha256 is pinned beside them.
+needs no knowledge of which parameter a tensor came from. Tensors whose float32 values float16
+holds exactly (a checkpoint saved in fp16) are stored as float16 and cast back inside the graph.
+onnxruntime reads the offsets relative to the graph's folder; the graphs stay small protobufs
+whose sha256 the manifest pins, and ``weights.bin``'s own sha256 is pinned beside them.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from export.parity import onnx_session
 
 _Entry = TypeVar("_Entry", ExitEntry, AllExitsEntry, SegmentEntry)
 INLINE_BYTES = 1024  # smaller tensors (norm scales, biases of small layers) stay in the graph
+F16_SUFFIX = ".f16"  # a float32 initializer stored as float16 (see _fp16_exact)
 ALIGN = 64  # offsets aligned for vector loads (onnxruntime reads them; it maps only pages)
 
 
@@ -47,10 +49,15 @@ def share_weights(bundle: Path, graphs: Sequence[str]) -> WeightsEntry:
         written = 0
         for name in graphs:
             model = onnx.load(str(bundle / name))  # external data, if any, read inline
+            inputs = {i.name for i in model.graph.input}
+            casts = []
             for tensor in model.graph.initializer:
                 array = numpy_helper.to_array(tensor)
                 if array.nbytes < INLINE_BYTES:
                     continue
+                if tensor.name not in inputs and _fp16_exact(array):
+                    casts.append(_cast_node(tensor.name))
+                    tensor.name, array = f"{tensor.name}{F16_SUFFIX}", array.astype(np.float16)
                 data = np.ascontiguousarray(array).tobytes()
                 key = hashlib.sha256(f"{array.dtype}{array.shape}".encode() + data).digest()
                 if key not in offsets:
@@ -60,12 +67,29 @@ def share_weights(bundle: Path, graphs: Sequence[str]) -> WeightsEntry:
                     out.write(data)
                     written += pad + len(data)
                 _point_at(tensor, array, *offsets[key])
+            for node in reversed(casts):  # first, so every use comes after its cast
+                model.graph.node.insert(0, node)
             onnx.save(model, str(bundle / f"{name}.partial"))
         out.flush()
     for name in graphs:
         (bundle / f"{name}.partial").replace(bundle / name)
     partial.replace(bundle / WEIGHTS_FILE)
     return WeightsEntry(file=WEIGHTS_FILE, sha256=file_sha256(bundle / WEIGHTS_FILE), bytes=written)
+
+
+def _fp16_exact(array: np.ndarray) -> bool:
+    """float32 values that float16 holds exactly (a checkpoint saved in fp16, as the default
+    model is): stored at half the size, cast back in the graph, bit for bit the same."""
+    return array.dtype == np.float32 and np.array_equal(
+        array.astype(np.float16).astype(np.float32), array
+    )
+
+
+def _cast_node(name: str) -> onnx.NodeProto:
+    """``name`` (float32) computed from its stored float16 copy; onnxruntime folds it at load."""
+    return onnx.helper.make_node(
+        "Cast", [f"{name}{F16_SUFFIX}"], [name], to=onnx.TensorProto.FLOAT, name=f"{name}.cast"
+    )
 
 
 def _point_at(tensor: onnx.TensorProto, array: np.ndarray, offset: int, length: int) -> None:

@@ -32,7 +32,7 @@ from export.manifest import (
 )
 from export.parity import onnx_session
 from export.verify import verify_bundle
-from export.weights import external_locations
+from export.weights import F16_SUFFIX, external_locations
 from service.inference.images import resize_center_crop
 from training.augment import eval_geometry
 from training.checkpoint import load_backbone
@@ -67,6 +67,9 @@ def bridged_reference(path, raw: np.ndarray) -> np.ndarray:
     """The torch model's embedding mapped by the bridge a graph carries (its ``bridge_``
     initialisers): ``normalise(raw @ W + b)``, computed in torch."""
     init = {t.name: onnx.numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer}
+    # a map float16 holds exactly (the identity at the gallery depth) is stored as float16
+    init |= {k.removesuffix(F16_SUFFIX): v.astype(np.float32) for k, v in init.items()
+             if k.endswith(F16_SUFFIX)}  # fmt: skip
     w, b = (torch.from_numpy(init[k].copy()) for k in ("bridge_weight", "bridge_bias"))
     return torch.nn.functional.normalize(torch.from_numpy(raw) @ w + b, dim=-1).numpy()
 
